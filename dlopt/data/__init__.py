@@ -1,0 +1,49 @@
+"""Real data sets that install offline, splits, normalization and batching.
+
+Everything here runs with numpy on the host; batches go to the device in the
+training step.
+
+Example:
+
+  >>> from dlopt import data
+  >>> x, y = data.load_dataset("digits")
+  >>> splits = data.train_val_test_split(x, y, val_fraction=0.1, seed=0)
+  >>> stats = data.fit_normalization(splits.train.x)
+  >>> batches = data.BatchIterator(
+  ...     (data.normalize(splits.train.x, stats), splits.train.y), 32, seed=0)
+  >>> len(batches)
+  44
+  >>> xb, yb = next(iter(batches.epoch(0)))
+  >>> xb.shape, xb.dtype, yb.shape, yb.dtype
+  ((32, 8, 8, 1), dtype('float32'), (32,), dtype('int32'))
+"""
+
+from dlopt.data.batching import BatchIterator
+from dlopt.data.datasets import DATASETS
+from dlopt.data.datasets import load_dataset
+from dlopt.data.datasets import load_diabetes
+from dlopt.data.datasets import load_digits
+from dlopt.data.datasets import load_mnist_subset
+from dlopt.data.normalize import Normalization
+from dlopt.data.normalize import denormalize
+from dlopt.data.normalize import fit_normalization
+from dlopt.data.normalize import normalize
+from dlopt.data.splits import Split
+from dlopt.data.splits import Splits
+from dlopt.data.splits import train_val_test_split
+
+__all__ = [
+    "DATASETS",
+    "BatchIterator",
+    "Normalization",
+    "Split",
+    "Splits",
+    "denormalize",
+    "fit_normalization",
+    "load_dataset",
+    "load_diabetes",
+    "load_digits",
+    "load_mnist_subset",
+    "normalize",
+    "train_val_test_split",
+]

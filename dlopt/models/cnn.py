@@ -1,0 +1,245 @@
+"""Convolutional image classifiers: a plain conv-pool net and a residual net.
+
+>>> import jax, jax.numpy as jnp
+>>> from dlopt.models import ResidualCNN
+>>> model = ResidualCNN(num_classes=10, stem_features=8,
+...                     stage_features=(8, 16), norm_groups=4)
+>>> x = jnp.ones((2, 16, 16, 3))
+>>> variables = model.init(jax.random.key(0), x)
+>>> sorted(variables)
+['batch_stats', 'params']
+>>> logits, updates = model.apply(variables, x, train=True,
+...                               mutable=["batch_stats"])
+>>> logits.shape
+(2, 10)
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dlopt.models import _utils
+
+__all__ = ["CNN", "NORMS", "ResidualBlock", "ResidualCNN"]
+
+NORMS = ("batch", "group")
+BATCH_NORM_MOMENTUM = 0.9
+_IMAGES = "images [batch, height, width, channels]"
+
+
+def _check_norm(norm: str) -> None:
+  if norm not in NORMS:
+    raise ValueError(f"norm must be one of {NORMS}; got norm={norm!r}")
+
+
+def _norm_layer(norm: str, norm_groups: int, train: bool,
+                name: str | None = None) -> nn.Module:
+  if norm == "batch":
+    return nn.BatchNorm(use_running_average=not train,
+                        momentum=BATCH_NORM_MOMENTUM, name=name)
+  return nn.GroupNorm(num_groups=norm_groups, name=name)
+
+
+class CNN(nn.Module):
+  """Conv3x3 -> relu -> maxpool2x2 per entry of `features`, then a dense head.
+
+  After the conv stages: flatten -> Dense(dense_width) -> relu -> dropout ->
+  Dense(num_classes). Each pool halves height and width (rounding down).
+
+  Attributes:
+    num_classes: number of logits, >= 1.
+    features: output channels of each conv stage, each >= 1.
+    dense_width: width of the hidden dense layer, >= 1.
+    dropout_rate: dropout before the last layer, 0 <= rate < 1; active only
+      when `train=True`, drawing from the 'dropout' RNG stream.
+  """
+
+  num_classes: int = 10
+  features: Sequence[int] = (32, 64)
+  dense_width: int = 128
+  dropout_rate: float = 0.0
+
+  def __post_init__(self):
+    _utils.check_positive("num_classes", self.num_classes)
+    _utils.check_positive_all("features", self.features)
+    _utils.check_positive("dense_width", self.dense_width)
+    _utils.check_dropout_rate(self.dropout_rate)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """Classifies a batch of images.
+
+    Args:
+      x: float images [batch, height, width, channels].
+      train: enables dropout (needs `rngs={"dropout": key}` when
+        `dropout_rate > 0`).
+
+    Returns:
+      Logits [batch, num_classes], float32 for float32 inputs.
+
+    Raises:
+      ValueError: if `x` is not 4-D.
+    """
+    _utils.check_ndim("CNN", x, 4, _IMAGES)
+    for f in self.features:
+      x = nn.relu(nn.Conv(f, (3, 3), padding="SAME")(x))
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(nn.Dense(self.dense_width)(x))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes)(x)
+
+
+class ResidualBlock(nn.Module):
+  """conv3x3 -> norm -> relu -> conv3x3 -> norm, plus shortcut, then relu.
+
+  The shortcut is the identity, or a strided 1x1 conv followed by a norm when
+  `strides != 1` or the channel count changes. Convs have no bias (the norm
+  supplies one).
+
+  Attributes:
+    features: output channels, >= 1.
+    strides: stride of the first conv and of the projection, >= 1.
+    norm: "batch" (running statistics in the 'batch_stats' collection) or
+      "group" (no state).
+    norm_groups: groups of `nn.GroupNorm`; must divide `features` when
+      `norm="group"`.
+  """
+
+  features: int
+  strides: int = 1
+  norm: str = "batch"
+  norm_groups: int = 8
+
+  def __post_init__(self):
+    _utils.check_positive("features", self.features)
+    _utils.check_positive("strides", self.strides)
+    _check_norm(self.norm)
+    _utils.check_positive("norm_groups", self.norm_groups)
+    if self.norm == "group" and self.features % self.norm_groups:
+      raise ValueError(
+          f"norm_groups must divide features when norm='group'; "
+          f"got {self.norm_groups=}, {self.features=}")
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """Applies the block.
+
+    Args:
+      x: float feature maps [batch, height, width, channels].
+      train: batch norm uses batch statistics and updates 'batch_stats' when
+        true, running averages when false.
+
+    Returns:
+      Feature maps [batch, ceil(height / strides), ceil(width / strides),
+      features].
+
+    Raises:
+      ValueError: if `x` is not 4-D.
+    """
+    _utils.check_ndim("ResidualBlock", x, 4, _IMAGES)
+    strides = (self.strides, self.strides)
+    residual = x
+    y = nn.Conv(self.features, (3, 3), strides, padding="SAME",
+                use_bias=False, name="conv1")(x)
+    y = _norm_layer(self.norm, self.norm_groups, train, "norm1")(y)
+    y = nn.relu(y)
+    y = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False,
+                name="conv2")(y)
+    y = _norm_layer(self.norm, self.norm_groups, train, "norm2")(y)
+    if self.strides != 1 or x.shape[-1] != self.features:
+      residual = nn.Conv(self.features, (1, 1), strides, use_bias=False,
+                         name="proj_conv")(x)
+      residual = _norm_layer(self.norm, self.norm_groups, train,
+                             "proj_norm")(residual)
+    return nn.relu(y + residual)
+
+
+class ResidualCNN(nn.Module):
+  """A small ResNet: stem, stages of `ResidualBlock`s, pooled dense head.
+
+  Stem: conv3x3(stem_features) -> norm -> relu. Stage `i` holds
+  `blocks_per_stage[i]` blocks of `stage_features[i]` channels; the first
+  block of every stage but the first has stride 2. Head: global average
+  pool -> dropout -> Dense(num_classes).
+
+  Variables: 'params', plus 'batch_stats' when `norm="batch"`; apply with
+  `mutable=["batch_stats"]` when `train=True` to get the updated statistics.
+
+  Attributes:
+    num_classes: number of logits, >= 1.
+    stem_features: channels of the stem conv, >= 1.
+    stage_features: channels of each stage, each >= 1.
+    blocks_per_stage: blocks in each stage, each >= 1, same length as
+      `stage_features`.
+    norm: "batch" (`nn.BatchNorm`, momentum 0.9) or "group" (`nn.GroupNorm`).
+    norm_groups: groups of `nn.GroupNorm`; must divide `stem_features` and
+      every entry of `stage_features` when `norm="group"`.
+    dropout_rate: dropout before the head, 0 <= rate < 1; active only when
+      `train=True`, drawing from the 'dropout' RNG stream.
+  """
+
+  num_classes: int = 10
+  stem_features: int = 32
+  stage_features: Sequence[int] = (32, 64)
+  blocks_per_stage: Sequence[int] = (1, 1)
+  norm: str = "batch"
+  norm_groups: int = 8
+  dropout_rate: float = 0.0
+
+  def __post_init__(self):
+    _utils.check_positive("num_classes", self.num_classes)
+    _utils.check_positive("stem_features", self.stem_features)
+    _utils.check_positive_all("stage_features", self.stage_features,
+                              allow_empty=False)
+    _utils.check_positive_all("blocks_per_stage", self.blocks_per_stage)
+    if len(self.stage_features) != len(self.blocks_per_stage):
+      raise ValueError(
+          f"stage_features and blocks_per_stage must have the same length; "
+          f"got {self.stage_features=}, {self.blocks_per_stage=}")
+    _check_norm(self.norm)
+    _utils.check_positive("norm_groups", self.norm_groups)
+    if self.norm == "group":
+      widths = (self.stem_features, *self.stage_features)
+      if any(w % self.norm_groups for w in widths):
+        raise ValueError(
+            f"norm_groups must divide stem_features and every stage_features "
+            f"entry when norm='group'; got {self.norm_groups=}, "
+            f"{self.stem_features=}, {self.stage_features=}")
+    _utils.check_dropout_rate(self.dropout_rate)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """Classifies a batch of images.
+
+    Args:
+      x: float images [batch, height, width, channels].
+      train: batch norm uses batch statistics and updates 'batch_stats', and
+        dropout is active (needs `rngs={"dropout": key}` when
+        `dropout_rate > 0`); otherwise running averages and no dropout.
+
+    Returns:
+      Logits [batch, num_classes], float32 for float32 inputs.
+
+    Raises:
+      ValueError: if `x` is not 4-D.
+    """
+    _utils.check_ndim("ResidualCNN", x, 4, _IMAGES)
+    x = nn.Conv(self.stem_features, (3, 3), padding="SAME", use_bias=False,
+                name="stem_conv")(x)
+    x = _norm_layer(self.norm, self.norm_groups, train, "stem_norm")(x)
+    x = nn.relu(x)
+    for i, (features, blocks) in enumerate(
+        zip(self.stage_features, self.blocks_per_stage)):
+      for j in range(blocks):
+        strides = 2 if i > 0 and j == 0 else 1
+        x = ResidualBlock(features, strides, self.norm, self.norm_groups,
+                          name=f"stage{i}_block{j}")(x, train=train)
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, name="head")(x)

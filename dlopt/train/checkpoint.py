@@ -1,0 +1,95 @@
+"""Checkpoints through orbax-checkpoint: the state pytree plus a JSON record of the loop.
+
+A checkpoint at step `s` holds `state` (the `TrainState`'s arrays, and the best parameters
+so far when early stopping keeps them) and `meta` (epoch, position in the epoch, history,
+early-stopping record). Orbax writes into a temporary directory and renames it when done,
+so a run killed while saving leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+from dlopt.train.state import TrainState
+
+__all__ = ["Checkpointer"]
+
+_STATE_FIELDS = ("step", "params", "opt_state", "model_state", "rng", "ema_params")
+
+
+def _state_tree(state: TrainState, best: Any) -> dict:
+  tree = {name: getattr(state, name) for name in _STATE_FIELDS}
+  if state.ema_params is None:
+    del tree["ema_params"]
+  if best is not None:
+    tree["best"] = best
+  return tree
+
+
+class Checkpointer:
+  """Saves and restores `TrainState`s under one directory, keeping the last `keep_last_n`.
+
+  Args:
+    directory: where the numbered checkpoints live (created if missing).
+    keep_last_n: how many of the newest checkpoints stay on disk.
+  """
+
+  def __init__(self, directory: str | Path, keep_last_n: int = 3):
+    self.directory = Path(directory).absolute()
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep_last_n, create=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("state", "meta"))
+
+  def latest_step(self) -> int | None:
+    """The step of the newest complete checkpoint, or None."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    """The steps of the checkpoints on disk, oldest first."""
+    return sorted(self._manager.all_steps())
+
+  def save(self, state: TrainState, meta: dict, best: Any = None) -> None:
+    """Saves `state` (and `best`, a pytree) with the JSON-serializable `meta` at `state.step`."""
+    meta = {**meta, "has_best": best is not None}
+    args = ocp.args.Composite(state=ocp.args.StandardSave(_state_tree(state, best)),
+                              meta=ocp.args.JsonSave(meta))
+    self._manager.save(int(state.step), args=args, force=True)
+
+  def restore(self, state: TrainState, best: Any = None, step: int | None = None
+              ) -> tuple[TrainState, dict, Any]:
+    """Restores the checkpoint at `step` (default: the latest) into the structure of `state`.
+
+    Args:
+      state: a freshly created state of the same model and optimizer (the template).
+      best: a template for the best parameters, used when the checkpoint holds them.
+      step: which checkpoint; None for the latest.
+
+    Returns:
+      `(state, meta, best)` as saved.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    meta = dict(self._manager.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+    has_best = meta.pop("has_best")
+    if has_best and best is None:
+      raise ValueError(f"checkpoint {step} in {self.directory} holds best parameters; "
+                       "pass a template for them as best=")
+    template = _state_tree(state, best if has_best else None)
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template)))
+    tree = dict(restored.state)
+    saved_best = tree.pop("best", None)
+    return state.replace(**tree), meta, saved_best
+
+  def wait(self) -> None:
+    """Blocks until every pending (asynchronous) save is on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases the manager."""
+    self._manager.close()

@@ -1,0 +1,53 @@
+"""Evaluation over a whole split in fixed-size padded batches (one compile per split)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from dlopt import metrics
+
+__all__ = ["evaluate"]
+
+
+def evaluate(state, x: np.ndarray, y: np.ndarray, *, eval_step, batch_size: int,
+             is_classification: bool) -> dict[str, float]:
+  """Evaluates `state` on all of `(x, y)`.
+
+  Args:
+    state: a `TrainState`.
+    x: inputs [N, ...].
+    y: labels [N] / [N, C] or targets [N, ...].
+    eval_step: a jitted `dlopt.train.eval_step` bound to the objective.
+    batch_size: examples per eval step; the last batch is padded with weight 0.
+    is_classification: whether to report accuracy and F1 from the confusion matrix.
+
+  Returns:
+    `loss`, and for classification `accuracy`, `macro_precision`, `macro_recall`,
+    `macro_f1` and `per_class_f1`, as Python floats (lists for per-class values).
+  """
+  n = len(x)
+  if n == 0:
+    return {}
+  batch_size = min(batch_size, n)
+  totals = None
+  for start in range(0, n, batch_size):
+    xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+    weights = np.ones(batch_size, np.float32)
+    if len(xb) < batch_size:
+      pad = batch_size - len(xb)
+      weights[len(xb):] = 0.0
+      xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
+      yb = np.concatenate([yb, np.repeat(yb[-1:], pad, axis=0)])
+    sums = eval_step(state, (xb, yb), weights)
+    totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+  totals = jax.device_get(totals)
+  result = {"loss": float(totals["loss_sum"] / totals["count"])}
+  if is_classification:
+    confusion = totals["confusion"]
+    scores = metrics.precision_recall_f1(confusion)
+    result["accuracy"] = float(np.trace(confusion) / totals["count"])
+    for key in ("macro_precision", "macro_recall", "macro_f1"):
+      result[key] = float(scores[key])
+    result["per_class_f1"] = [float(v) for v in np.asarray(scores["f1"])]
+  return result

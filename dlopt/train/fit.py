@@ -1,0 +1,409 @@
+"""The `fit` loop: split, shuffle, train, validate, stop early, checkpoint, resume, log, plot.
+
+>>> from dlopt.data import load_digits
+>>> from dlopt.models import MLP
+>>> from dlopt.optim import OptimizerConfig
+>>> from dlopt.train import FitConfig, fit
+>>> x, y = load_digits()
+>>> result = fit(MLP(widths=(64, 64), num_outputs=10), (x, y),
+...              optimizer=OptimizerConfig("adamw", 3e-3, schedule="warmup_cosine",
+...                                        warmup_steps=20, weight_decay=1e-4),
+...              config=FitConfig(epochs=5, progress=False))   # doctest: +SKIP
+>>> result.test_metrics["accuracy"]                               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from dlopt.data import BatchIterator, Splits, train_val_test_split
+from dlopt.optim import OptimizerConfig, make_optimizer, make_schedule
+from dlopt.train.callbacks import (EarlyStopping, append_metric_log, plot_curves,
+                                   write_metric_log)
+from dlopt.train.checkpoint import Checkpointer
+from dlopt.train.config import FitConfig
+from dlopt.train.evaluate import evaluate
+from dlopt.train.objective import Objective
+from dlopt.train.state import TrainState, create_train_state
+from dlopt.train.steps import make_eval_step, make_train_step
+
+__all__ = ["fit", "FitResult", "NonFiniteLossError"]
+
+# Fields that may change between a run and its resumption without changing its result.
+_RESUME_MAY_DIFFER = ("progress", "plot", "log_every")
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when the training loss or gradient norm stops being finite."""
+
+
+class FitResult(NamedTuple):
+  """What `fit` returns.
+
+  Attributes:
+    state: the final `TrainState` (the best epoch's parameters if `restore_best` applied).
+    history: one dict per epoch: train and validation metrics, learning rate, time.
+    test_metrics: metrics on the test split (None without one).
+    workdir: the run directory, or None.
+  """
+
+  state: TrainState
+  history: list[dict]
+  test_metrics: dict | None
+  workdir: Path | None
+
+
+def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerConfig(),
+        config: FitConfig = FitConfig(), val_data: tuple | None = None,
+        test_data: tuple | None = None, workdir: str | Path | None = None,
+        resume: bool = False) -> FitResult:
+  """Trains `model` on `data`.
+
+  Args:
+    model: a Flax Linen module taking `(x, *, train)`, returning logits [B, C]
+      (cross-entropy) or predictions (mse).
+    data: `(x, y)` numpy arrays (split into train/val/test by `config`'s fractions and
+      seed, stratified for classification); a `dlopt.data.Splits`; or the training batches
+      alone as a `dlopt.data.BatchIterator` or any re-iterable with `len()` yielding
+      `(x, y)` batches, with `val_data` / `test_data` given apart.
+    optimizer: the optimizer, schedule, weight decay, clipping, accumulation and EMA.
+    config: the loop's settings.
+    val_data: `(x, y)` arrays for validation, when `data` holds training data only.
+    test_data: `(x, y)` arrays for the final test, when `data` holds training data only.
+    workdir: the run directory for `config.json`, `metrics.jsonl`, `curves.png`,
+      `checkpoints/` and `final_metrics.json`; None keeps nothing on disk.
+    resume: continue from the newest checkpoint in `workdir` (bit-exact on the same
+      machine). Without it, a `workdir` that already holds checkpoints is an error, so
+      that nothing saved is overwritten.
+
+  Returns:
+    A `FitResult`.
+
+  Raises:
+    ValueError: on bad data shapes, labels, configs, or a workdir/resume conflict.
+    NonFiniteLossError: when the loss becomes NaN or infinite; the error names the step,
+      and checkpoints saved before it are kept.
+  """
+  if not isinstance(optimizer, OptimizerConfig):
+    raise ValueError(f"optimizer must be a dlopt.optim.OptimizerConfig; got {type(optimizer)}")
+  if not isinstance(config, FitConfig):
+    raise ValueError(f"config must be a dlopt.train.FitConfig; got {type(config)}")
+  objective = Objective(config.loss, config.label_smoothing, config.l1, config.l2)
+  train, val, test = _resolve_data(data, val_data, test_data, config, objective)
+  steps_per_epoch = len(train)
+  total_steps = config.epochs * steps_per_epoch
+  tx = make_optimizer(optimizer, total_steps=total_steps)
+  schedule = make_schedule(optimizer, _updates(total_steps, optimizer.accumulate_steps))
+  sample_x = _sample_inputs(train)
+  state = create_train_state(model, tx, sample_x, seed=config.seed,
+                             ema=optimizer.ema_decay is not None)
+  num_classes = _check_model_outputs(state, sample_x, train, val, test, objective)
+
+  train_step = make_train_step(objective, optimizer.ema_decay)
+  eval_step = make_eval_step(objective, num_classes)
+  run = _Run(config, objective, eval_step, schedule, optimizer)
+  keeps_best = config.patience is not None and config.restore_best and val is not None
+
+  checkpointer = None
+  start_epoch, start_step, partial_sums = 0, 0, None
+  best = None
+  if workdir is not None:
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpointer = Checkpointer(workdir / "checkpoints", config.keep_last_n)
+    _check_saved_config(workdir, config, optimizer, resume, checkpointer)
+    if resume and checkpointer.latest_step() is not None:
+      best_template = _best_tree(state) if keeps_best else None
+      restored, meta, best = checkpointer.restore(state, best_template)
+      state = restored
+      start_epoch, start_step = meta["epoch"], meta["step_in_epoch"]
+      partial_sums = meta["partial_sums"]
+      run.history = meta["history"]
+      run.early = EarlyStopping(**meta["early_stopping"])
+      write_metric_log(run.history, workdir / "metrics.jsonl")
+    else:
+      (workdir / "metrics.jsonl").unlink(missing_ok=True)
+
+  try:
+    state, best = _train(state, best, train, val, train_step, run, checkpointer, workdir,
+                         start_epoch, start_step, partial_sums, keeps_best)
+    if keeps_best and best is not None:
+      state = state.replace(**best)
+    test_metrics = run.evaluate(state, test) if test is not None else None
+    if workdir is not None:
+      if checkpointer.latest_step() != int(state.step):
+        _save(checkpointer, state, run.meta(config.epochs, 0, None), best)
+      _write_final(workdir, run, test_metrics, int(state.step))
+  finally:
+    if checkpointer is not None:
+      checkpointer.close()
+  return FitResult(state, run.history, test_metrics, workdir)
+
+
+@dataclasses.dataclass
+class _Run:
+  """The host-side record of one run: history, early stopping, evaluation."""
+
+  config: FitConfig
+  objective: Objective
+  eval_step: Any
+  schedule: Any
+  optimizer: OptimizerConfig
+  history: list = dataclasses.field(default_factory=list)
+  early: EarlyStopping = EarlyStopping()
+
+  def evaluate(self, state, split) -> dict:
+    x, y = split
+    return evaluate(state, x, y, eval_step=self.eval_step, batch_size=self.config.eval_batch_size,
+                    is_classification=self.objective.is_classification)
+
+  def meta(self, epoch: int, step_in_epoch: int, partial_sums) -> dict:
+    return {"epoch": epoch, "step_in_epoch": step_in_epoch, "partial_sums": partial_sums,
+            "history": self.history, "early_stopping": self.early._asdict()}
+
+
+def _train(state, best, train, val, train_step, run: _Run, checkpointer, workdir,
+           start_epoch, start_step, partial_sums, keeps_best):
+  """The epoch loop; returns the final state and the best parameters (or None)."""
+  config = run.config
+  step = int(state.step)
+  steps_per_epoch = len(train)
+  for epoch in range(start_epoch, config.epochs):
+    sums = dict(partial_sums or {})
+    partial_sums = None
+    pending: list[tuple[int, dict]] = []
+    epoch_start = time.perf_counter()
+    bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{config.epochs}",
+               disable=not config.progress, leave=True, dynamic_ncols=True)
+    for index, batch in enumerate(_epoch_batches(train, epoch, start_step), start=start_step):
+      state, batch_metrics = train_step(state, batch)
+      step += 1
+      pending.append((step, batch_metrics))
+      bar.update(1)
+      last_in_epoch = index + 1 == steps_per_epoch
+      if len(pending) >= config.log_every or last_in_epoch:
+        _flush(pending, sums, checkpointer)
+        bar.set_postfix({k: f"{v / sums['count']:.4f}" for k, v in sums.items() if k != "count"},
+                        refresh=False)
+      if (checkpointer is not None and config.checkpoint_every
+          and step % config.checkpoint_every == 0 and not last_in_epoch):
+        _flush(pending, sums, checkpointer)
+        _save(checkpointer, state, run.meta(epoch, index + 1, sums), best)
+    start_step = 0
+    record = {"epoch": epoch + 1, "step": step}
+    record.update({f"train_{k}": v / sums["count"] for k, v in sums.items() if k != "count"})
+    record["learning_rate"] = float(run.schedule(
+        max(_updates(step, run.optimizer.accumulate_steps) - 1, 0)))
+    if val is not None:
+      val_metrics = run.evaluate(state, val)
+      record.update({f"val_{k}": v for k, v in val_metrics.items() if k != "per_class_f1"})
+    record["epoch_seconds"] = time.perf_counter() - epoch_start
+    run.history.append(record)
+    stop = False
+    if val is not None:
+      run.early, improved = run.early.update(record[config.monitor], epoch + 1,
+                                             mode=config.monitor_mode, min_delta=config.min_delta)
+      if improved and keeps_best:
+        best = _best_tree(state)
+      stop = run.early.should_stop(config.patience)
+    shown = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+    bar.set_postfix({k.replace("train_", ""): f"{record[k]:.4f}" for k in shown if k in record})
+    bar.close()
+    if workdir is not None:
+      append_metric_log(record, workdir / "metrics.jsonl")
+      if config.plot:
+        plot_curves(run.history, workdir / "curves.png")
+      _save(checkpointer, state, run.meta(epoch + 1, 0, None), best)
+    if stop:
+      if config.progress:
+        tqdm.write(f"early stopping after epoch {epoch + 1}: {config.monitor} has not improved "
+                   f"for {config.patience} epochs (best {run.early.best:.4f} at epoch "
+                   f"{run.early.best_epoch})")
+      break
+  return state, best
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = jax.tree.leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def _save(checkpointer: Checkpointer, state: TrainState, meta: dict, best) -> None:
+  """Saves a checkpoint unless the parameters went non-finite (a bad save would hide the
+  last good one)."""
+  if not bool(_all_finite(state.params)):
+    checkpointer.wait()
+    raise NonFiniteLossError(
+        f"parameters became non-finite at step {int(state.step)}; the last good checkpoint "
+        f"(step {checkpointer.latest_step()}) is kept in {checkpointer.directory}. Lower "
+        "the learning rate or clip gradients (clip_norm).")
+  checkpointer.save(state, meta, best)
+
+
+def _flush(pending: list, sums: dict, checkpointer) -> None:
+  """Brings pending step metrics to the host, checks them, and adds them to `sums`."""
+  if not pending:
+    return
+  values = jax.device_get([m for _, m in pending])
+  for (step, _), batch_metrics in zip(pending, values):
+    for name in ("loss", "grad_norm"):
+      if not math.isfinite(float(batch_metrics[name])):
+        where = ""
+        if checkpointer is not None:
+          checkpointer.wait()
+          where = (f"; the last good checkpoint (step {checkpointer.latest_step()}) is kept in "
+                   f"{checkpointer.directory}")
+        raise NonFiniteLossError(f"training {name} became {float(batch_metrics[name])} at step "
+                                 f"{step}{where}. Lower the learning rate, clip gradients "
+                                 "(clip_norm) or check the inputs for NaN.")
+    for name, value in batch_metrics.items():
+      if name != "grad_norm":
+        sums[name] = sums.get(name, 0.0) + float(value)
+    sums["count"] = sums.get("count", 0) + 1
+  pending.clear()
+
+
+def _epoch_batches(train, epoch: int, start_step: int) -> Iterable:
+  if isinstance(train, BatchIterator):
+    return train.epoch(epoch, start_step)
+  iterator = iter(train)
+  for _ in range(start_step):
+    next(iterator)
+  return iterator
+
+
+def _updates(steps: int, accumulate_steps: int) -> int:
+  """Optimizer updates made in `steps` train steps (the last may be partial)."""
+  return -(-steps // accumulate_steps)
+
+
+def _best_tree(state: TrainState) -> dict:
+  tree = {"params": state.params, "model_state": state.model_state}
+  if state.ema_params is not None:
+    tree["ema_params"] = state.ema_params
+  return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def _sample_inputs(train) -> np.ndarray:
+  if isinstance(train, BatchIterator):
+    return train.arrays[0][:1]
+  x, _ = next(iter(train))
+  return np.asarray(x)[:1]
+
+
+def _resolve_data(data, val_data, test_data, config: FitConfig, objective: Objective):
+  """Returns (train batches, val split or None, test split or None)."""
+  if isinstance(data, Splits):
+    parts = [tuple(data.train), tuple(data.val), tuple(data.test)]
+  elif isinstance(data, tuple) and len(data) == 2 and all(hasattr(a, "shape") for a in data):
+    x, y = (np.asarray(a) for a in data)
+    _check_pair(x, y, "data", objective)
+    if val_data is None and test_data is None:
+      parts = list(train_val_test_split(
+          x, y, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+          seed=config.seed, stratify=objective.is_classification))
+      parts = [tuple(p) for p in parts]
+    else:
+      parts = [(x, y), val_data, test_data]
+  elif hasattr(data, "__iter__") and hasattr(data, "__len__"):
+    parts = [data, val_data, test_data]
+  else:
+    raise ValueError("data must be an (x, y) tuple of arrays, a dlopt.data.Splits, or a "
+                     f"re-iterable of (x, y) batches with len(); got {type(data).__name__}")
+  train, val, test = parts
+  for name, part in (("val_data", val), ("test_data", test)):
+    if part is not None:
+      _check_pair(*map(np.asarray, part), name, objective)
+  val = None if val is None or len(val[0]) == 0 else tuple(map(np.asarray, val))
+  test = None if test is None or len(test[0]) == 0 else tuple(map(np.asarray, test))
+  if isinstance(train, tuple):
+    train = BatchIterator(train, config.batch_size, seed=config.seed)
+  if len(train) == 0:
+    raise ValueError("data holds no full training batch of "
+                     f"batch_size={config.batch_size}")
+  return train, val, test
+
+
+def _check_pair(x: np.ndarray, y: np.ndarray, name: str, objective: Objective) -> None:
+  if x.ndim < 1 or y.ndim < 1 or len(x) != len(y):
+    raise ValueError(f"{name}: x and y must have the same number of examples; got "
+                     f"x.shape={x.shape} and y.shape={y.shape}")
+  if not np.issubdtype(x.dtype, np.number):
+    raise ValueError(f"{name}: x must be numeric; got dtype {x.dtype}")
+  if objective.is_classification:
+    if y.ndim == 1 and not np.issubdtype(y.dtype, np.integer):
+      raise ValueError(f"{name}: labels y for cross_entropy must be integer class ids [N] or "
+                       f"one-hot [N, C]; got y.dtype={y.dtype}, y.shape={y.shape}")
+    if y.ndim > 2:
+      raise ValueError(f"{name}: labels y must be [N] or [N, C]; got y.shape={y.shape}")
+  if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+    raise ValueError(f"{name}: x holds NaN or infinite values")
+
+
+def _check_model_outputs(state: TrainState, sample_x, train, val, test, objective) -> int | None:
+  """Checks labels against the model's output; returns the number of classes (or None)."""
+  variables = {"params": state.params, **state.model_state}
+  out = jax.eval_shape(lambda v, x: state.apply_fn(v, x, train=False), variables, sample_x)
+  if not objective.is_classification:
+    return None
+  if len(out.shape) != 2:
+    raise ValueError(f"cross_entropy needs model outputs [batch, classes]; the model gives "
+                     f"shape {out.shape}")
+  num_classes = out.shape[1]
+  splits = [("val_data", val), ("test_data", test)]
+  if isinstance(train, BatchIterator):
+    splits.insert(0, ("data", train.arrays))
+  for name, split in splits:
+    if split is None:
+      continue
+    y = np.asarray(split[1])
+    if y.ndim == 2 and y.shape[1] != num_classes:
+      raise ValueError(f"{name}: one-hot labels have {y.shape[1]} classes but the model "
+                       f"outputs {num_classes}")
+    if y.ndim == 1 and len(y) and (y.min() < 0 or y.max() >= num_classes):
+      raise ValueError(f"{name}: labels must be in [0, {num_classes}) for a model with "
+                       f"{num_classes} outputs; got labels in [{y.min()}, {y.max()}]")
+  return num_classes
+
+
+def _config_record(config: FitConfig, optimizer: OptimizerConfig) -> dict:
+  return {"fit": dataclasses.asdict(config), "optimizer": dataclasses.asdict(optimizer)}
+
+
+def _check_saved_config(workdir: Path, config, optimizer, resume: bool, checkpointer) -> None:
+  """Refuses to overwrite a run, or to resume one under a different config."""
+  path = workdir / "config.json"
+  record = json.loads(json.dumps(_config_record(config, optimizer)))
+  latest = checkpointer.latest_step()
+  if latest is not None and not resume:
+    raise ValueError(f"workdir {workdir} already holds a run (checkpoint at step {latest}); "
+                     "pass resume=True (--resume) to continue it, or choose another workdir")
+  if resume and latest is not None and path.exists():
+    saved = json.loads(path.read_text())
+    differ = [f"{group}.{key}: saved {saved[group].get(key)!r}, now {value!r}"
+              for group in ("fit", "optimizer") for key, value in record[group].items()
+              if key not in _RESUME_MAY_DIFFER and saved.get(group, {}).get(key) != value]
+    if differ:
+      raise ValueError("cannot resume a run under a different config (the result would differ "
+                       "from the run's): " + "; ".join(differ))
+  path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _write_final(workdir: Path, run: _Run, test_metrics, step: int) -> None:
+  final = {"step": step, "epochs_run": len(run.history),
+           "best_epoch": run.early.best_epoch if run.early.best is not None else None,
+           "last_epoch": run.history[-1] if run.history else None,
+           "test": test_metrics}
+  (workdir / "final_metrics.json").write_text(json.dumps(final, indent=2) + "\n")

@@ -1,0 +1,107 @@
+"""Pure train and eval steps: `(state, batch) -> (state, metrics)` and `(state, batch) -> sums`.
+
+>>> train_step = make_train_step(Objective("cross_entropy"), ema_decay=None)
+>>> state, m = train_step(state, (x, y))          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from dlopt import metrics
+from dlopt.optim import ema_update
+from dlopt.train.objective import Objective
+from dlopt.train.state import TrainState
+
+__all__ = ["train_step", "eval_step", "make_train_step", "make_eval_step"]
+
+
+def _apply(state: TrainState, params, x, *, train: bool, rng=None):
+  """Runs the model; returns (outputs, new model state)."""
+  variables = {"params": params, **state.model_state}
+  if train and state.model_state:
+    return state.apply_fn(variables, x, train=True, rngs={"dropout": rng},
+                          mutable=list(state.model_state))
+  rngs = {"dropout": rng} if train else None
+  return state.apply_fn(variables, x, train=train, rngs=rngs), state.model_state
+
+
+def train_step(state: TrainState, batch: tuple[jax.Array, jax.Array], *,
+               objective: Objective, ema_decay: float | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on one batch.
+
+  Args:
+    state: the current `TrainState`.
+    batch: `(x, y)`: inputs [B, ...] and labels [B] (int) / [B, C] (one-hot) or targets.
+    objective: the loss and penalties.
+    ema_decay: decay of the parameter EMA, when `state.ema_params` is kept.
+
+  Returns:
+    The new state and float32 scalar metrics: `loss` (data loss), `accuracy` for
+    classification, `grad_norm`.
+  """
+  x, y = batch
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    outputs, model_state = _apply(state, params, x, train=True, rng=dropout_rng)
+    data_loss = objective.data_loss(outputs, y)
+    return data_loss + objective.penalty(params), (outputs, model_state)
+
+  grads, (outputs, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema_params = state.ema_params
+  if ema_params is not None:
+    ema_params = ema_update(ema_params, params, ema_decay)
+    if isinstance(opt_state, optax.MultiStepsState):  # move only when the params moved
+      ema_params = jax.tree.map(lambda new, old: jnp.where(opt_state.mini_step == 0, new, old),
+                                ema_params, state.ema_params)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            model_state=model_state, ema_params=ema_params)
+  batch_metrics = objective.batch_metrics(outputs, y)
+  batch_metrics["grad_norm"] = optax.tree.norm(grads)
+  return new_state, batch_metrics
+
+
+def eval_step(state: TrainState, batch: tuple[jax.Array, jax.Array], weights: jax.Array, *,
+              objective: Objective, num_classes: int | None = None) -> dict[str, jax.Array]:
+  """Evaluates one (possibly padded) batch; returns sums to be added over batches.
+
+  Args:
+    state: the `TrainState`; evaluates `state.eval_params` in inference mode.
+    batch: `(x, y)` as in `train_step`.
+    weights: float32 [B], 1 for real examples and 0 for padding.
+    objective: the loss.
+    num_classes: the number of classes, for the confusion matrix (classification only).
+
+  Returns:
+    `loss_sum` and `count` (float32 scalars) and, for classification, `confusion`
+    (int32 [C, C], rows true labels).
+  """
+  x, y = batch
+  outputs, _ = _apply(state, state.eval_params, x, train=False)
+  count = jnp.sum(weights)
+  sums = {"loss_sum": objective.data_loss(outputs, y, weights) * count, "count": count}
+  if objective.is_classification:
+    labels = y if y.ndim == 1 else jnp.argmax(y, axis=-1)
+    sums["confusion"] = metrics.confusion_matrix(jnp.argmax(outputs, axis=-1), labels,
+                                                 num_classes, weights)
+  return sums
+
+
+def make_train_step(objective: Objective, ema_decay: float | None = None):
+  """`train_step` bound to an objective, jitted with the state donated."""
+  return jax.jit(functools.partial(train_step, objective=objective, ema_decay=ema_decay),
+                 donate_argnums=0)
+
+
+def make_eval_step(objective: Objective, num_classes: int | None = None):
+  """`eval_step` bound to an objective, jitted."""
+  return jax.jit(functools.partial(eval_step, objective=objective, num_classes=num_classes))

@@ -22,9 +22,11 @@ import types
 import typing
 from typing import Any, NamedTuple, Sequence
 
+import flax.linen as nn
+
 __all__ = ["ConfigParser", "Parsed"]
 
-_SKIPPED_FIELDS = ("parent", "name")  # flax.linen.Module bookkeeping, not configuration
+_MODULE_FIELDS = ("parent", "name")  # flax.linen.Module bookkeeping, not configuration
 
 
 class Parsed(NamedTuple):
@@ -120,8 +122,9 @@ class ConfigParser:
     hints = typing.get_type_hints(type(config))
     arg_group = self._parser.add_argument_group(f"{group} ({type(config).__name__})")
     dests = {}
+    bookkeeping = _MODULE_FIELDS if isinstance(config, nn.Module) else ()
     for field in dataclasses.fields(config):
-      if field.name in _SKIPPED_FIELDS or field.name in skip or not field.init:
+      if field.name in bookkeeping or field.name in skip or not field.init:
         continue
       names = [_flag(aliases[field.name])] if field.name in aliases else []
       names.append(_flag(field.name))

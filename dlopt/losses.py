@@ -87,7 +87,9 @@ def weighted_mean(
 
 def _check_floating(name: str, x: jax.Array) -> None:
   if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise ValueError(f"{name} must have a floating dtype, got {name}.dtype={x.dtype}.")
+    raise ValueError(
+        f"{name} must have a floating dtype, got {name}.dtype={x.dtype}."
+    )
 
 
 def per_example_mse(predictions: jax.Array, targets: jax.Array) -> jax.Array:

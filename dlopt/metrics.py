@@ -141,12 +141,14 @@ def confusion_matrix(
       or num_classes < 1
   ):
     raise ValueError(
-        f"num_classes must be a static positive int, got num_classes={num_classes!r}."
+        "num_classes must be a static positive int, got "
+        f"num_classes={num_classes!r}."
     )
   if predictions.ndim != 1 or labels.shape != predictions.shape:
     raise ValueError(
         "predictions and labels must both have shape [batch], got "
-        f"predictions.shape={predictions.shape} and labels.shape={labels.shape}."
+        f"predictions.shape={predictions.shape} and "
+        f"labels.shape={labels.shape}."
     )
   for name, x in (("predictions", predictions), ("labels", labels)):
     if not jnp.issubdtype(x.dtype, jnp.integer):
@@ -265,7 +267,8 @@ class Mean(NamedTuple):
   @classmethod
   def empty(cls) -> Mean:
     """Returns the mean of nothing: ``total = count = 0``."""
-    return cls(total=jnp.zeros((), jnp.float32), count=jnp.zeros((), jnp.float32))
+    zero = jnp.zeros((), jnp.float32)
+    return cls(total=zero, count=zero)
 
   @classmethod
   def from_values(

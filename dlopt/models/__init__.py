@@ -7,16 +7,19 @@ batch norm keeps its running statistics in the 'batch_stats' collection.
 
 >>> import jax, jax.numpy as jnp
 >>> from dlopt import models
->>> model = models.CNN(num_classes=10, features=(8, 16), dense_width=32,
-...                    dropout_rate=0.5)
->>> x = jax.random.normal(jax.random.key(0), (2, 28, 28, 1))
->>> variables = model.init(jax.random.key(1), x)
+>>> model = models.MLP(widths=(32,), num_outputs=10, dropout_rate=0.5)
+>>> x = jnp.ones((4, 8, 8))
+>>> variables = model.init(jax.random.key(0), x)
 >>> models.count_params(variables["params"])
-26698
+2410
 >>> logits = model.apply(variables, x, train=True,
-...                      rngs={"dropout": jax.random.key(2)})
+...                      rngs={"dropout": jax.random.key(1)})
 >>> logits.shape, logits.dtype
-((2, 10), dtype('float32'))
+((4, 10), dtype('float32'))
+
+Models with batch norm (`ResidualCNN(norm="batch")`) also hold
+`variables["batch_stats"]`; in training, pass `mutable=["batch_stats"]` and
+get `(logits, {"batch_stats": new_stats})` back.
 """
 
 from dlopt.models._utils import count_params

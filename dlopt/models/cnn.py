@@ -2,16 +2,16 @@
 
 >>> import jax, jax.numpy as jnp
 >>> from dlopt.models import ResidualCNN
->>> model = ResidualCNN(num_classes=10, stem_features=8,
-...                     stage_features=(8, 16), norm_groups=4)
+>>> model = ResidualCNN(num_classes=10, stem_features=8, stage_features=(8,),
+...                     blocks_per_stage=(1,), norm="batch")
 >>> x = jnp.ones((2, 16, 16, 3))
 >>> variables = model.init(jax.random.key(0), x)
 >>> sorted(variables)
 ['batch_stats', 'params']
 >>> logits, updates = model.apply(variables, x, train=True,
 ...                               mutable=["batch_stats"])
->>> logits.shape
-(2, 10)
+>>> logits.shape, sorted(updates)
+((2, 10), ['batch_stats'])
 """
 
 from collections.abc import Sequence

@@ -2,7 +2,8 @@
 
 >>> import jax, jax.numpy as jnp
 >>> from dlopt.models import MLP
->>> model = MLP(widths=(32, 32), num_outputs=10, dropout_rate=0.1)
+>>> model = MLP(widths=(32,), num_outputs=10, activation="gelu",
+...             dropout_rate=0.1)
 >>> x = jnp.ones((4, 8, 8))
 >>> variables = model.init(jax.random.key(0), x)
 >>> logits = model.apply(variables, x, train=True,

@@ -183,7 +183,8 @@ def test_cross_entropy_probability_labels(data, use_jit):
   logits, _, _ = data
   soft = np.random.default_rng(2).dirichlet(np.ones(CLASSES), size=BATCH)
   np.testing.assert_allclose(
-      _maybe_jit(losses.cross_entropy, use_jit)(logits, soft.astype(np.float32)),
+      _maybe_jit(losses.cross_entropy, use_jit)(logits,
+                                                soft.astype(np.float32)),
       _np_cross_entropy(logits, soft).mean(), rtol=1e-5)
 
 

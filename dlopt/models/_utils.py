@@ -1,6 +1,7 @@
-"""Helpers shared by the model modules: parameter counting and argument checks."""
+"""Helpers shared by the model modules: parameter counts, argument checks."""
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import jax
@@ -24,18 +25,18 @@ def count_params(params) -> int:
 
 def check_positive(name: str, value: int) -> None:
   """Raises `ValueError` unless `value` is an integer >= 1."""
-  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+  if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
+      or value < 1):
     raise ValueError(f"{name} must be a positive integer; got {name}={value!r}")
 
 
 def check_positive_all(name: str, values: Sequence[int], *,
                        allow_empty: bool = True) -> None:
   """Raises `ValueError` unless every entry of `values` is an integer >= 1."""
-  values = tuple(values)
   if not allow_empty and not values:
     raise ValueError(f"{name} must not be empty; got {name}={values!r}")
-  if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
-             for v in values):
+  if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+             and v >= 1 for v in values):
     raise ValueError(
         f"{name} must hold positive integers; got {name}={values!r}")
 

@@ -50,7 +50,8 @@ class CNN(nn.Module):
 
   Attributes:
     num_classes: number of logits, >= 1.
-    features: output channels of each conv stage, each >= 1.
+    features: output channels of each conv stage, each >= 1 (stored as a
+      tuple, like every sequence field here, so modules stay hashable).
     dense_width: width of the hidden dense layer, >= 1.
     dropout_rate: dropout before the last layer, 0 <= rate < 1; active only
       when `train=True`, drawing from the 'dropout' RNG stream.
@@ -62,6 +63,7 @@ class CNN(nn.Module):
   dropout_rate: float = 0.0
 
   def __post_init__(self):
+    self.features = tuple(self.features)
     _utils.check_positive("num_classes", self.num_classes)
     _utils.check_positive_all("features", self.features)
     _utils.check_positive("dense_width", self.dense_width)
@@ -192,6 +194,8 @@ class ResidualCNN(nn.Module):
   dropout_rate: float = 0.0
 
   def __post_init__(self):
+    self.stage_features = tuple(self.stage_features)
+    self.blocks_per_stage = tuple(self.blocks_per_stage)
     _utils.check_positive("num_classes", self.num_classes)
     _utils.check_positive("stem_features", self.stem_features)
     _utils.check_positive_all("stage_features", self.stage_features,

@@ -37,6 +37,7 @@ class MLP(nn.Module):
 
   Attributes:
     widths: hidden layer widths, each >= 1; empty gives a linear classifier.
+      Stored as a tuple, so the module stays hashable (a static jit argument).
     num_outputs: size of the output (logits), >= 1.
     activation: one of the names in `ACTIVATIONS`.
     dropout_rate: dropout after every hidden activation, 0 <= rate < 1;
@@ -49,6 +50,7 @@ class MLP(nn.Module):
   dropout_rate: float = 0.0
 
   def __post_init__(self):
+    self.widths = tuple(self.widths)
     _utils.check_positive_all("widths", self.widths)
     _utils.check_positive("num_outputs", self.num_outputs)
     if self.activation not in ACTIVATIONS:

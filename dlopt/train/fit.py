@@ -106,8 +106,12 @@ def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerCo
   tx = make_optimizer(optimizer, total_steps=total_steps)
   schedule = make_schedule(optimizer, _updates(total_steps, optimizer.accumulate_steps))
   sample_x = _sample_inputs(train)
-  state = create_train_state(model, tx, sample_x, seed=config.seed,
-                             ema=optimizer.ema_decay is not None)
+  try:
+    state = create_train_state(model, tx, sample_x, seed=config.seed,
+                               ema=optimizer.ema_decay is not None)
+  except ValueError as error:
+    raise ValueError(f"the model does not take the training inputs (one example of shape "
+                     f"{sample_x.shape[1:]}): {error}") from error
   num_classes = _check_model_outputs(state, sample_x, train, val, test, objective)
 
   train_step = make_train_step(objective, optimizer.ema_decay)
@@ -177,6 +181,8 @@ def _train(state, best, train, val, train_step, run: _Run, checkpointer, workdir
            start_epoch, start_step, partial_sums, keeps_best):
   """The epoch loop; returns the final state and the best parameters (or None)."""
   config = run.config
+  if run.early.should_stop(config.patience):  # resumed after an early stop: nothing to do
+    return state, best
   step = int(state.step)
   steps_per_epoch = len(train)
   for epoch in range(start_epoch, config.epochs):

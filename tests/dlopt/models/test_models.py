@@ -72,24 +72,24 @@ def _setup(name):
   return model, _random_variables(model, x), x
 
 
-def _apply(model, variables, x, *, train, rng=None):
-  """Returns the output only, whatever mutable state the model has."""
+def _forward(model, variables, x, *, train, rng=None):
+  """Applies `model` as a train step would: (output, batch_stats updates)."""
   rngs = None if rng is None else {"dropout": rng}
-  if train and "batch_stats" in variables:
-    out, _ = model.apply(variables, x, train=True, rngs=rngs,
-                         mutable=["batch_stats"])
-    return out
-  return model.apply(variables, x, train=train, rngs=rngs)
+  return model.apply(variables, x, train=train, rngs=rngs,
+                     mutable=["batch_stats"])
 
 
-_jit_apply = jax.jit(_apply, static_argnums=0, static_argnames="train")
+_jit_forward = jax.jit(_forward, static_argnums=0, static_argnames="train")
 
 
-@functools.partial(jax.jit, static_argnums=0,
-                   static_argnames=("train", "mutable"))
-def _jit_model_apply(model, variables, x, *, train=False, rngs=None,
-                     mutable=False):
-  return model.apply(variables, x, train=train, rngs=rngs, mutable=mutable)
+def _rng_for(train):
+  """Dropout key in training; none in evaluation, as an eval step would."""
+  return jax.random.key(3) if train else None
+
+
+def _replace_tail(x):
+  """`x` with every example but the first replaced by other random data."""
+  return x.at[1:].set(_normal(x[1:].shape, seed=11))
 
 
 def _shapes(tree):
@@ -234,29 +234,42 @@ def test_mlp_activation_matches_reference(activation):
                              rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("train", [False, True])
+def test_output_shape_dtype_and_jit(name, train):
+  model, variables, x = _setup(name)
+  eager, eager_updates = _forward(model, variables, x, train=train,
+                                  rng=_rng_for(train))
+  jitted, jitted_updates = _jit_forward(model, variables, x, train=train,
+                                        rng=_rng_for(train))
+  assert eager.shape == jitted.shape == (BATCH, OUT_FEATURES[name])
+  assert eager.dtype == jitted.dtype == jnp.float32
+  assert np.all(np.isfinite(eager))
+  np.testing.assert_allclose(jitted, eager, rtol=1e-6, atol=1e-6)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6,
+                                 atol=1e-6), jitted_updates, eager_updates)
+
+
 @pytest.mark.parametrize("name", DROPOUT_CASES)
 def test_dropout_train_vs_eval(name):
   model, variables, x = _setup(name)
-  train_a = _jit_apply(model, variables, x, train=True, rng=jax.random.key(1))
-  train_a2 = _jit_apply(model, variables, x, train=True, rng=jax.random.key(1))
-  train_b = _jit_apply(model, variables, x, train=True, rng=jax.random.key(2))
-  np.testing.assert_array_equal(train_a, train_a2)
-  assert not np.allclose(train_a, train_b)
 
-  eval_plain = _jit_model_apply(model, variables, x, train=False)
-  eval_a = _jit_model_apply(model, variables, x, train=False,
-                       rngs={"dropout": jax.random.key(1)})
-  eval_b = _jit_model_apply(model, variables, x, train=False,
-                       rngs={"dropout": jax.random.key(2)})
-  np.testing.assert_array_equal(eval_plain, eval_a)
-  np.testing.assert_array_equal(eval_plain, eval_b)
+  def run(train, seed):
+    rng = None if seed is None else jax.random.key(seed)
+    return _jit_forward(model, variables, x, train=train, rng=rng)[0]
+
+  np.testing.assert_array_equal(run(True, 3), run(True, 3))
+  assert not np.allclose(run(True, 3), run(True, 4))
+  np.testing.assert_array_equal(run(False, None), run(False, 3))
+  np.testing.assert_array_equal(run(False, None), run(False, 4))
+  assert not np.allclose(run(False, None), run(True, 3))
 
 
 @pytest.mark.parametrize("name", DROPOUT_CASES)
-def test_dropout_needs_rng_only_in_train(name):
+def test_dropout_in_train_needs_rng(name):
   model, variables, x = _setup(name)
   with pytest.raises(Exception, match="dropout"):
-    _jit_apply(model, variables, x, train=True)
+    _forward(model, variables, x, train=True)
 
 
 def test_no_dropout_needs_no_rng():
@@ -275,75 +288,61 @@ def _stem_conv(variables, x):
 
 def test_batch_norm_train_updates_running_stats():
   model, variables, x = _setup("resnet_batch")
-  _, updates = _jit_model_apply(model, variables, x, train=True,
-                           rngs={"dropout": jax.random.key(1)},
-                           mutable=("batch_stats",))
+  _, updates = _jit_forward(model, variables, x, train=True,
+                            rng=_rng_for(True))
   assert set(updates) == {"batch_stats"}
-  assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(
-      variables["batch_stats"])
-  for old, new in zip(jax.tree.leaves(variables["batch_stats"]),
-                      jax.tree.leaves(updates["batch_stats"])):
+  old_stats = variables["batch_stats"]
+  new_stats = updates["batch_stats"]
+  assert jax.tree.structure(new_stats) == jax.tree.structure(old_stats)
+  for old, new in zip(jax.tree.leaves(old_stats), jax.tree.leaves(new_stats)):
     assert not np.allclose(old, new)
 
-  h = _stem_conv(variables, x)
-  batch_mean = jnp.mean(h, axis=(0, 1, 2))
-  batch_var = jnp.var(h, axis=(0, 1, 2))
-  stem = updates["batch_stats"]["stem_norm"]
-  old = variables["batch_stats"]["stem_norm"]
-  np.testing.assert_allclose(stem["mean"], 0.9 * old["mean"] + 0.1 * batch_mean,
-                             rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(stem["var"], 0.9 * old["var"] + 0.1 * batch_var,
-                             rtol=1e-4, atol=1e-6)
+  h = _stem_conv(variables, x)  # [batch, height, width, stem_features]
+  old, new = old_stats["stem_norm"], new_stats["stem_norm"]
+  np.testing.assert_allclose(
+      new["mean"], 0.9 * old["mean"] + 0.1 * jnp.mean(h, axis=(0, 1, 2)),
+      rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+      new["var"], 0.9 * old["var"] + 0.1 * jnp.var(h, axis=(0, 1, 2)),
+      rtol=1e-4, atol=1e-6)
 
 
 def test_batch_norm_eval_uses_running_averages():
   model, variables, x = _setup("resnet_batch")
-  out, updates = _jit_model_apply(model, variables, x, train=False,
-                             mutable=("batch_stats",))
+  out, updates = _jit_forward(model, variables, x, train=False)
   jax.tree.map(np.testing.assert_array_equal, updates["batch_stats"],
                variables["batch_stats"])
-  np.testing.assert_allclose(_jit_model_apply(model, variables, x[:1], train=False),
-                             out[:1], rtol=1e-5, atol=1e-6)
-  train_full = _jit_apply(model, variables, x, train=True, rng=jax.random.key(1))
-  train_one = _jit_apply(model, variables, x[:1], train=True,
-                     rng=jax.random.key(1))
-  assert not np.allclose(train_one, train_full[:1], atol=1e-4)
 
-  h = _stem_conv(variables, x)
-  shifted = {**variables, "batch_stats": {
+  other_x = _replace_tail(x)
+  other_out, _ = _jit_forward(model, variables, other_x, train=False)
+  np.testing.assert_allclose(other_out[0], out[0], rtol=1e-5, atol=1e-6)
+  train_out, _ = _jit_forward(model, variables, x, train=True,
+                              rng=_rng_for(True))
+  train_other, _ = _jit_forward(model, variables, other_x, train=True,
+                                rng=_rng_for(True))
+  assert not np.allclose(train_other[0], train_out[0], atol=1e-4)
+
+  stem = variables["batch_stats"]["stem_norm"]
+  shifted = {"params": variables["params"], "batch_stats": {
       **variables["batch_stats"],
-      "stem_norm": {"mean": jnp.mean(h, axis=(0, 1, 2)),
-                    "var": jnp.var(h, axis=(0, 1, 2))},
+      "stem_norm": {"mean": stem["mean"] + 1.0, "var": stem["var"] * 2.0},
   }}
-  assert not np.allclose(_jit_model_apply(model, shifted, x, train=False), out)
+  shifted_out, _ = _jit_forward(model, shifted, x, train=False)
+  assert not np.allclose(shifted_out, out)
 
 
 def test_group_norm_has_no_batch_stats():
   model, variables, x = _setup("resnet_group")
   assert list(variables) == ["params"]
-  out, updates = _jit_model_apply(model, variables, x, train=True,
-                             rngs={"dropout": jax.random.key(1)},
-                             mutable=("batch_stats",))
+  out, updates = _jit_forward(model, variables, x, train=True,
+                              rng=_rng_for(True))
   assert updates == {}
   assert out.shape == (BATCH, 10)
   norm_params = variables["params"]["stage0_block0"]["norm1"]
   assert sorted(norm_params) == ["bias", "scale"]
-  np.testing.assert_allclose(_jit_model_apply(model, variables, x[:1]),
-                             _jit_model_apply(model, variables, x)[:1],
-                             rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("name", list(CASES))
-@pytest.mark.parametrize("train", [False, True])
-def test_output_shape_dtype_and_jit(name, train):
-  model, variables, x = _setup(name)
-  rng = jax.random.key(3)
-  eager = _apply(model, variables, x, train=train, rng=rng)
-  jitted = _jit_apply(model, variables, x, train=train, rng=rng)
-  assert eager.shape == jitted.shape == (BATCH, OUT_FEATURES[name])
-  assert eager.dtype == jitted.dtype == jnp.float32
-  assert np.all(np.isfinite(eager))
-  np.testing.assert_allclose(jitted, eager, rtol=1e-6, atol=1e-6)
+  eval_out, _ = _jit_forward(model, variables, x, train=False)
+  other_out, _ = _jit_forward(model, variables, _replace_tail(x), train=False)
+  np.testing.assert_allclose(other_out[0], eval_out[0], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -354,8 +353,8 @@ def test_gradients_finite_and_nonzero(name):
   weights = _normal((BATCH, OUT_FEATURES[name]), seed=7)
 
   def loss(params):
-    out = _apply(model, {"params": params, **rest}, x, train=True,
-                 rng=jax.random.key(1))
+    out, _ = _forward(model, {"params": params, **rest}, x, train=True,
+                      rng=_rng_for(True))
     return jnp.sum(out * weights)
 
   grads = jax.jit(jax.grad(loss))(params)
@@ -431,6 +430,18 @@ def test_bad_norm_raises(cls):
 def test_bad_fields_raise(make, field):
   with pytest.raises(ValueError, match=field):
     make()
+
+
+def test_sequence_fields_become_tuples_and_hash():
+  from_lists = [models.MLP(widths=[16, 8]), models.CNN(features=[4, 8]),
+                models.ResidualCNN(stage_features=[8, 16],
+                                   blocks_per_stage=[1, 2])]
+  from_tuples = [models.MLP(widths=(16, 8)), models.CNN(features=(4, 8)),
+                 models.ResidualCNN(stage_features=(8, 16),
+                                    blocks_per_stage=(1, 2))]
+  for a, b in zip(from_lists, from_tuples):
+    assert a == b
+    assert hash(a) == hash(b)
 
 
 def test_public_api():

@@ -56,11 +56,16 @@ def test_same_seed_same_run_bit_for_bit(digits):
   assert not np.array_equal(a.state.params["Dense_0"]["kernel"], c.state.params["Dense_0"]["kernel"])
 
 
-def test_early_stopping_stops_and_restores_the_best_epoch(digits):
+def test_early_stopping_stops_and_restores_the_best_epoch(digits, tmp_path):
   # min_delta so large that no epoch after the first counts as an improvement.
   config = FitConfig(epochs=10, batch_size=64, patience=2, min_delta=1e9, **QUIET)
-  result = fit(_mlp(), digits, optimizer=OptimizerConfig("sgd", 0.05), config=config)
+  result = fit(_mlp(), digits, optimizer=OptimizerConfig("sgd", 0.05), config=config,
+               workdir=tmp_path)
   assert len(result.history) == 3
+  again = fit(_mlp(), digits, optimizer=OptimizerConfig("sgd", 0.05), config=config,
+              workdir=tmp_path, resume=True)  # a stopped run stays stopped
+  assert len(again.history) == 3
+  _assert_same_params(result.state.params, again.state.params)
   one_epoch = fit(_mlp(), digits, optimizer=OptimizerConfig("sgd", 0.05),
                   config=FitConfig(epochs=1, batch_size=64, **QUIET))
   _assert_same_params(result.state.params, one_epoch.state.params)

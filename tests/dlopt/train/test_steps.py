@@ -89,6 +89,21 @@ def test_ema_follows_params():
   assert new_state.eval_params is new_state.ema_params
 
 
+def test_ema_waits_for_accumulated_updates():
+  from dlopt.optim import OptimizerConfig, make_optimizer
+  tx = make_optimizer(OptimizerConfig("sgd", 0.1, accumulate_steps=2))
+  state, batch = _state(tx=tx, ema=True), _batch()
+  step = jax.jit(functools.partial(train_step, objective=Objective(), ema_decay=0.5))
+  micro, _ = step(state, batch)
+  np.testing.assert_array_equal(micro.params["Dense_0"]["kernel"],
+                                state.params["Dense_0"]["kernel"])
+  np.testing.assert_array_equal(micro.ema_params["Dense_0"]["kernel"],
+                                state.ema_params["Dense_0"]["kernel"])
+  full, _ = step(micro, batch)
+  assert not np.array_equal(full.ema_params["Dense_0"]["kernel"],
+                            state.ema_params["Dense_0"]["kernel"])
+
+
 def test_eval_step_ignores_padding():
   state = _state()
   x, y = _batch(n=12)

@@ -199,7 +199,7 @@ def _train(state, best, train, val, train_step, run: _Run, checkpointer, workdir
       bar.update(1)
       last_in_epoch = index + 1 == steps_per_epoch
       if len(pending) >= config.log_every or last_in_epoch:
-        _flush(pending, sums, checkpointer)
+        _flush(pending, sums, checkpointer, keep=0 if last_in_epoch else 1)
         bar.set_postfix({k: f"{v / sums['count']:.4f}" for k, v in sums.items() if k != "count"},
                         refresh=False)
       if (checkpointer is not None and config.checkpoint_every
@@ -258,12 +258,18 @@ def _save(checkpointer: Checkpointer, state: TrainState, meta: dict, best) -> No
   checkpointer.save(state, meta, best)
 
 
-def _flush(pending: list, sums: dict, checkpointer) -> None:
-  """Brings pending step metrics to the host, checks them, and adds them to `sums`."""
-  if not pending:
+def _flush(pending: list, sums: dict, checkpointer, keep: int = 0) -> None:
+  """Brings pending step metrics to the host, checks them, and adds them to `sums`.
+
+  The newest `keep` steps stay pending: not waiting for the step just dispatched keeps the
+  device busy while the host reads the others.
+  """
+  ready = pending[:len(pending) - keep]
+  del pending[:len(ready)]
+  if not ready:
     return
-  values = jax.device_get([m for _, m in pending])
-  for (step, _), batch_metrics in zip(pending, values):
+  values = jax.device_get([m for _, m in ready])
+  for (step, _), batch_metrics in zip(ready, values):
     for name in ("loss", "grad_norm"):
       if not math.isfinite(float(batch_metrics[name])):
         where = ""
@@ -278,7 +284,6 @@ def _flush(pending: list, sums: dict, checkpointer) -> None:
       if name != "grad_norm":
         sums[name] = sums.get(name, 0.0) + float(value)
     sums["count"] = sums.get("count", 0) + 1
-  pending.clear()
 
 
 def _epoch_batches(train, epoch: int, start_step: int) -> Iterable:

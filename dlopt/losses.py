@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dlopt._checks import label_kind
+
 __all__ = [
     "cross_entropy",
     "distillation_loss",
@@ -205,41 +207,15 @@ def per_example_cross_entropy(
   logits = jnp.asarray(logits)
   labels = jnp.asarray(labels)
   label_smoothing = _check_label_smoothing(label_smoothing)
-  if logits.ndim < 2:
-    raise ValueError(
-        "logits must have shape [batch, classes], got "
-        f"logits.shape={logits.shape}."
-    )
+  kind = label_kind(logits, labels)
   _check_floating("logits", logits)
   logits = logits.astype(jnp.float32)
-  num_classes = logits.shape[-1]
-  if labels.ndim == logits.ndim - 1:
-    if labels.shape != logits.shape[:-1]:
-      raise ValueError(
-          f"integer labels must have shape {logits.shape[:-1]} to match "
-          f"logits.shape={logits.shape}, got labels.shape={labels.shape}."
-      )
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-      raise ValueError(
-          f"labels of shape {labels.shape} are class ids and must have an "
-          f"integer dtype, got labels.dtype={labels.dtype}."
-      )
+  if kind == "ids":
     if label_smoothing == 0.0:
       return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-  elif labels.ndim == logits.ndim:
-    if labels.shape != logits.shape:
-      raise ValueError(
-          f"one-hot labels must have shape {logits.shape} to match "
-          f"logits.shape={logits.shape}, got labels.shape={labels.shape}."
-      )
-    targets = labels.astype(jnp.float32)
+    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
   else:
-    raise ValueError(
-        f"labels must have shape {logits.shape[:-1]} (class ids) or "
-        f"{logits.shape} (one-hot) to match logits.shape={logits.shape}, got "
-        f"labels.shape={labels.shape}."
-    )
+    targets = labels.astype(jnp.float32)
   if label_smoothing > 0.0:
     targets = optax.smooth_labels(targets, label_smoothing)
   return optax.softmax_cross_entropy(logits, targets)

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlopt._checks import label_kind
 from dlopt.losses import weighted_mean
 
 __all__ = [
@@ -73,35 +74,8 @@ def accuracy(
   """
   logits = jnp.asarray(logits)
   labels = jnp.asarray(labels)
-  if logits.ndim < 2:
-    raise ValueError(
-        "logits must have shape [batch, classes], got "
-        f"logits.shape={logits.shape}."
-    )
-  if labels.ndim == logits.ndim:
-    if labels.shape != logits.shape:
-      raise ValueError(
-          f"one-hot labels must have shape {logits.shape} to match "
-          f"logits.shape={logits.shape}, got labels.shape={labels.shape}."
-      )
+  if label_kind(logits, labels) == "one_hot":
     labels = jnp.argmax(labels, axis=-1)
-  elif labels.ndim == logits.ndim - 1:
-    if labels.shape != logits.shape[:-1]:
-      raise ValueError(
-          f"integer labels must have shape {logits.shape[:-1]} to match "
-          f"logits.shape={logits.shape}, got labels.shape={labels.shape}."
-      )
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-      raise ValueError(
-          f"labels of shape {labels.shape} are class ids and must have an "
-          f"integer dtype, got labels.dtype={labels.dtype}."
-      )
-  else:
-    raise ValueError(
-        f"labels must have shape {logits.shape[:-1]} (class ids) or "
-        f"{logits.shape} (one-hot) to match logits.shape={logits.shape}, got "
-        f"labels.shape={labels.shape}."
-    )
   correct = jnp.argmax(logits, axis=-1) == labels
   return weighted_mean(correct, weights)
 

@@ -59,6 +59,7 @@ __all__ = [
     "make_optimizer",
     "default_decay_mask",
     "ema_update",
+    "num_updates",
 ]
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam",
@@ -313,6 +314,12 @@ def _scale_by_optimizer(config: OptimizerConfig) -> optax.GradientTransformation
   return optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps)
 
 
+def num_updates(config: OptimizerConfig, train_steps: int) -> int:
+  """Optimizer updates made in ``train_steps`` train steps: ``ceil(train_steps / k)``
+  with ``k = config.accumulate_steps`` (the last update may be partial)."""
+  return -(-train_steps // config.accumulate_steps)
+
+
 def make_optimizer(
     config: OptimizerConfig,
     total_steps: int | None = None,
@@ -353,7 +360,7 @@ def make_optimizer(
     if not (_is_int(total_steps) and total_steps >= 1):
       raise ValueError(f"total_steps must be an integer >= 1 or None; "
                        f"got {total_steps!r}")
-    total_steps = -(-total_steps // config.accumulate_steps)
+    total_steps = num_updates(config, total_steps)
   schedule = make_schedule(config, total_steps)
 
   parts = []

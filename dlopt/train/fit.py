@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dlopt.data import BatchIterator, Splits, train_val_test_split
-from dlopt.optim import OptimizerConfig, make_optimizer, make_schedule
+from dlopt.optim import OptimizerConfig, make_optimizer, make_schedule, num_updates
 from dlopt.train.callbacks import (EarlyStopping, append_metric_log, plot_curves,
                                    write_metric_log)
 from dlopt.train.checkpoint import Checkpointer
@@ -104,7 +104,7 @@ def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerCo
   steps_per_epoch = len(train)
   total_steps = config.epochs * steps_per_epoch
   tx = make_optimizer(optimizer, total_steps=total_steps)
-  schedule = make_schedule(optimizer, _updates(total_steps, optimizer.accumulate_steps))
+  schedule = make_schedule(optimizer, num_updates(optimizer, total_steps))
   sample_x = _sample_inputs(train)
   try:
     state = create_train_state(model, tx, sample_x, seed=config.seed,
@@ -210,7 +210,7 @@ def _train(state, best, train, val, train_step, run: _Run, checkpointer, workdir
     record = {"epoch": epoch + 1, "step": step}
     record.update({f"train_{k}": v / sums["count"] for k, v in sums.items() if k != "count"})
     record["learning_rate"] = float(run.schedule(
-        max(_updates(step, run.optimizer.accumulate_steps) - 1, 0)))
+        max(num_updates(run.optimizer, step) - 1, 0)))
     if val is not None:
       val_metrics = run.evaluate(state, val)
       record.update({f"val_{k}": v for k, v in val_metrics.items() if k != "per_class_f1"})
@@ -293,11 +293,6 @@ def _epoch_batches(train, epoch: int, start_step: int) -> Iterable:
   for _ in range(start_step):
     next(iterator)
   return iterator
-
-
-def _updates(steps: int, accumulate_steps: int) -> int:
-  """Optimizer updates made in `steps` train steps (the last may be partial)."""
-  return -(-steps // accumulate_steps)
 
 
 def _best_tree(state: TrainState) -> dict:

@@ -119,33 +119,32 @@ def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerCo
   run = _Run(config, objective, eval_step, schedule, optimizer)
   keeps_best = config.patience is not None and config.restore_best and val is not None
 
+  start_epoch, start_step, partial_sums, best = 0, 0, None, None
   checkpointer = None
-  start_epoch, start_step, partial_sums = 0, 0, None
-  best = None
   if workdir is not None:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(workdir / "checkpoints", config.keep_last_n)
-    _check_saved_config(workdir, config, optimizer, resume, checkpointer)
-    if resume and checkpointer.latest_step() is not None:
-      best_template = _best_tree(state) if keeps_best else None
-      restored, meta, best = checkpointer.restore(state, best_template)
-      state = restored
-      start_epoch, start_step = meta["epoch"], meta["step_in_epoch"]
-      partial_sums = meta["partial_sums"]
-      run.history = meta["history"]
-      run.early = EarlyStopping(**meta["early_stopping"])
-      write_metric_log(run.history, workdir / "metrics.jsonl")
-    else:
-      (workdir / "metrics.jsonl").unlink(missing_ok=True)
-
   try:
+    if checkpointer is not None:
+      _check_saved_config(workdir, config, optimizer, resume, checkpointer)
+      if resume and checkpointer.latest_step() is not None:
+        best_template = _best_tree(state) if keeps_best else None
+        state, meta, best = checkpointer.restore(state, best_template)
+        start_epoch, start_step = meta["epoch"], meta["step_in_epoch"]
+        partial_sums = meta["partial_sums"]
+        run.history = meta["history"]
+        run.early = EarlyStopping(**meta["early_stopping"])
+        write_metric_log(run.history, workdir / "metrics.jsonl")
+      else:
+        (workdir / "metrics.jsonl").unlink(missing_ok=True)
+
     state, best = _train(state, best, train, val, train_step, run, checkpointer, workdir,
                          start_epoch, start_step, partial_sums, keeps_best)
     if keeps_best and best is not None:
       state = state.replace(**best)
     test_metrics = run.evaluate(state, test) if test is not None else None
-    if workdir is not None:
+    if checkpointer is not None:
       if checkpointer.latest_step() != int(state.step):
         _save(checkpointer, state, run.meta(config.epochs, 0, None), best)
       _write_final(workdir, run, test_metrics, int(state.step))

@@ -111,3 +111,22 @@ def test_kill_9_mid_epoch_then_resume_ends_bit_exact(tmp_path):
       np.testing.assert_array_equal(la, lb)
   lines = (killed / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_cleanly_and_says_how_to_resume(tmp_path):
+  workdir = tmp_path / "run"
+  process = subprocess.Popen(
+      [sys.executable, str(SCRIPT), "--tiny", "--epochs", "20", "--checkpoint-every", "5",
+       "--patience", "none", "--progress", "false", "--workdir", str(workdir)],
+      env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 240
+  while time.monotonic() < deadline and not any(
+      p.name.isdigit() for p in (workdir / "checkpoints").glob("*")):
+    time.sleep(0.02)
+  process.send_signal(signal.SIGINT)
+  _, err = process.communicate(timeout=120)
+  assert process.returncode == 130, err
+  assert f"--workdir {workdir} --resume" in err
+  assert _final_params(workdir)["params"]  # the saved checkpoint is complete and readable

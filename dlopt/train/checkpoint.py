@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from dlopt.train.state import TrainState
@@ -54,7 +56,10 @@ class Checkpointer:
   def save(self, state: TrainState, meta: dict, best: Any = None) -> None:
     """Saves `state` (and `best`, a pytree) with the JSON-serializable `meta` at `state.step`."""
     meta = {**meta, "has_best": best is not None}
-    args = ocp.args.Composite(state=ocp.args.StandardSave(_state_tree(state, best)),
+    # Orbax reads the arrays after `save` returns (asynchronously, on CPU through zero-copy
+    # views). The train step donates the state's buffers, so hand orbax its own copies.
+    tree = jax.tree.map(jnp.copy, _state_tree(state, best))
+    args = ocp.args.Composite(state=ocp.args.StandardSave(tree),
                               meta=ocp.args.JsonSave(meta))
     self._manager.save(int(state.step), args=args, force=True)
 

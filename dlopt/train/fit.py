@@ -298,7 +298,8 @@ def _best_tree(state: TrainState) -> dict:
   tree = {"params": state.params, "model_state": state.model_state}
   if state.ema_params is not None:
     tree["ema_params"] = state.ema_params
-  return jax.tree.map(np.asarray, jax.device_get(tree))
+  # A real copy: on CPU, device_get may view the buffers the next (donating) step reuses.
+  return jax.tree.map(lambda leaf: np.array(leaf, copy=True), tree)
 
 
 def _sample_inputs(train) -> np.ndarray:

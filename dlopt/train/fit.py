@@ -34,6 +34,7 @@ from dlopt.train.callbacks import (EarlyStopping, append_metric_log, plot_curves
 from dlopt.train.checkpoint import Checkpointer
 from dlopt.train.config import FitConfig
 from dlopt.train.evaluate import evaluate
+from dlopt.train.interrupt import StopRequest, stop_on_interrupt
 from dlopt.train.objective import Objective
 from dlopt.train.state import TrainState, create_train_state
 from dlopt.train.steps import make_eval_step, make_train_step
@@ -139,8 +140,9 @@ def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerCo
       else:
         (workdir / "metrics.jsonl").unlink(missing_ok=True)
 
-    state, best = _train(state, best, train, val, train_step, run, checkpointer, workdir,
-                         start_epoch, start_step, partial_sums, keeps_best)
+    with stop_on_interrupt() as stop:
+      state, best = _train(state, best, train, val, train_step, run, checkpointer, workdir,
+                           start_epoch, start_step, partial_sums, keeps_best, stop)
     if keeps_best and best is not None:
       state = state.replace(**best)
     test_metrics = run.evaluate(state, test) if test is not None else None
@@ -177,8 +179,12 @@ class _Run:
 
 
 def _train(state, best, train, val, train_step, run: _Run, checkpointer, workdir,
-           start_epoch, start_step, partial_sums, keeps_best):
-  """The epoch loop; returns the final state and the best parameters (or None)."""
+           start_epoch, start_step, partial_sums, keeps_best, stop: StopRequest):
+  """The epoch loop; returns the final state and the best parameters (or None).
+
+  On Ctrl-C (`stop.requested`) it saves a checkpoint at the current step and raises
+  `KeyboardInterrupt`.
+  """
   config = run.config
   if run.early.should_stop(config.patience):  # resumed after an early stop: nothing to do
     return state, best
@@ -201,6 +207,12 @@ def _train(state, best, train, val, train_step, run: _Run, checkpointer, workdir
         _flush(pending, sums, checkpointer, keep=0 if last_in_epoch else 1)
         bar.set_postfix({k: f"{v / sums['count']:.4f}" for k, v in sums.items() if k != "count"},
                         refresh=False)
+      if stop.requested and not last_in_epoch:
+        bar.close()
+        if checkpointer is not None:
+          _flush(pending, sums, checkpointer)
+          _save(checkpointer, state, run.meta(epoch, index + 1, sums), best)
+        raise KeyboardInterrupt(f"stopped at step {step}")
       if (checkpointer is not None and config.checkpoint_every
           and step % config.checkpoint_every == 0 and not last_in_epoch):
         _flush(pending, sums, checkpointer)
@@ -215,13 +227,13 @@ def _train(state, best, train, val, train_step, run: _Run, checkpointer, workdir
       record.update({f"val_{k}": v for k, v in val_metrics.items() if k != "per_class_f1"})
     record["epoch_seconds"] = time.perf_counter() - epoch_start
     run.history.append(record)
-    stop = False
+    early_stop = False
     if val is not None:
       run.early, improved = run.early.update(record[config.monitor], epoch + 1,
                                              mode=config.monitor_mode, min_delta=config.min_delta)
       if improved and keeps_best:
         best = _best_tree(state)
-      stop = run.early.should_stop(config.patience)
+      early_stop = run.early.should_stop(config.patience)
     shown = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
     bar.set_postfix({k.replace("train_", ""): f"{record[k]:.4f}" for k in shown if k in record})
     bar.close()
@@ -230,7 +242,9 @@ def _train(state, best, train, val, train_step, run: _Run, checkpointer, workdir
       if config.plot:
         plot_curves(run.history, workdir / "curves.png")
       _save(checkpointer, state, run.meta(epoch + 1, 0, None), best)
-    if stop:
+    if stop.requested and epoch + 1 < config.epochs:
+      raise KeyboardInterrupt(f"stopped at step {step}")
+    if early_stop:
       if config.progress:
         tqdm.write(f"early stopping after epoch {epoch + 1}: {config.monitor} has not improved "
                    f"for {config.patience} epochs (best {run.early.best:.4f} at epoch "

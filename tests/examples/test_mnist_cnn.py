@@ -81,52 +81,46 @@ def _final_params(workdir: Path):
   return ocp.StandardCheckpointer().restore(directory / str(latest) / "state")
 
 
-@pytest.mark.slow
-def test_kill_9_mid_epoch_then_resume_ends_bit_exact(tmp_path):
-  flags = ["--tiny", "--epochs", "4", "--checkpoint-every", "6", "--keep-last-n", "50",
-           "--patience", "none", "--progress", "false", "--plot", "false"]
-  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-  run = lambda workdir, *extra: [sys.executable, str(SCRIPT), *flags, "--workdir", str(workdir),
-                                 *extra]
-  subprocess.run(run(tmp_path / "unbroken"), check=True, env=env, capture_output=True)
+FLAGS = ["--tiny", "--epochs", "4", "--checkpoint-every", "6", "--keep-last-n", "50",
+         "--patience", "none", "--progress", "false", "--plot", "false"]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
-  killed = tmp_path / "killed"
-  process = subprocess.Popen(run(killed), env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+
+def _command(workdir, *extra):
+  return [sys.executable, str(SCRIPT), *FLAGS, "--workdir", str(workdir), *extra]
+
+
+@pytest.fixture(scope="module")
+def unbroken_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("unbroken")
+  subprocess.run(_command(workdir), check=True, env=ENV, capture_output=True)
+  return workdir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_stopped_mid_epoch_then_resumed_ends_bit_exact(tmp_path, unbroken_run, signum):
+  stopped = tmp_path / "stopped"
+  process = subprocess.Popen(_command(stopped), env=ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
   deadline = time.monotonic() + 240
   while time.monotonic() < deadline:
-    steps = [int(p.name) for p in (killed / "checkpoints").glob("*") if p.name.isdigit()]
+    steps = [int(p.name) for p in (stopped / "checkpoints").glob("*") if p.name.isdigit()]
     if steps and max(steps) >= 18:  # epoch 2 of 4 (15 steps each), mid-epoch
       break
     time.sleep(0.01)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  assert not (killed / "final_metrics.json").exists(), "the run ended before it was killed"
+  process.send_signal(signum)
+  _, err = process.communicate(timeout=120)
+  assert not (stopped / "final_metrics.json").exists(), "the run ended before it was stopped"
+  if signum == signal.SIGINT:
+    assert process.returncode == 130, err
+    assert f"--workdir {stopped} --resume" in err
 
-  resumed = subprocess.run(run(killed, "--resume"), env=env, capture_output=True, text=True)
+  resumed = subprocess.run(_command(stopped, "--resume"), env=ENV, capture_output=True, text=True)
   assert resumed.returncode == 0, resumed.stderr
-  a, b = _final_params(tmp_path / "unbroken"), _final_params(killed)
+  a, b = _final_params(unbroken_run), _final_params(stopped)
   for key in ("params", "opt_state", "step", "rng"):
     for la, lb in zip(jax.tree.leaves(a[key]), jax.tree.leaves(b[key]), strict=True):
       np.testing.assert_array_equal(la, lb)
-  lines = (killed / "metrics.jsonl").read_text().splitlines()
+  lines = (stopped / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
-
-
-@pytest.mark.slow
-def test_ctrl_c_exits_cleanly_and_says_how_to_resume(tmp_path):
-  workdir = tmp_path / "run"
-  process = subprocess.Popen(
-      [sys.executable, str(SCRIPT), "--tiny", "--epochs", "20", "--checkpoint-every", "5",
-       "--patience", "none", "--progress", "false", "--workdir", str(workdir)],
-      env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True)
-  deadline = time.monotonic() + 240
-  while time.monotonic() < deadline and not any(
-      p.name.isdigit() for p in (workdir / "checkpoints").glob("*")):
-    time.sleep(0.02)
-  process.send_signal(signal.SIGINT)
-  _, err = process.communicate(timeout=120)
-  assert process.returncode == 130, err
-  assert f"--workdir {workdir} --resume" in err
-  assert _final_params(workdir)["params"]  # the saved checkpoint is complete and readable

@@ -8,6 +8,7 @@ so a run killed while saving leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +56,9 @@ class Checkpointer:
 
   def save(self, state: TrainState, meta: dict, best: Any = None) -> None:
     """Saves `state` (and `best`, a pytree) with the JSON-serializable `meta` at `state.step`."""
-    meta = {**meta, "has_best": best is not None}
-    # Orbax reads the arrays after `save` returns (asynchronously, on CPU through zero-copy
-    # views). The train step donates the state's buffers, so hand orbax its own copies.
+    # Orbax writes both items after `save` returns, in a background thread, while the loop
+    # goes on mutating its records and donating the state's buffers: hand it copies.
+    meta = json.loads(json.dumps({**meta, "has_best": best is not None}))
     tree = jax.tree.map(jnp.copy, _state_tree(state, best))
     args = ocp.args.Composite(state=ocp.args.StandardSave(tree),
                               meta=ocp.args.JsonSave(meta))

@@ -179,3 +179,23 @@ def test_bad_inputs_get_clear_errors(digits):
     FitConfig(batch_size=0)
   with pytest.raises(ValueError, match="FitConfig.monitor"):
     FitConfig(monitor="val_auc")
+
+
+def test_progress_bar_shows_live_loss_and_accuracy(digits, capsys):
+  fit(_mlp(), digits, config=FitConfig(epochs=1, batch_size=64, log_every=5, plot=False))
+  err = capsys.readouterr().err
+  assert "epoch 1/1" in err and "loss=" in err and "accuracy=" in err and "val_accuracy=" in err
+
+
+def test_bad_data_on_resume_loses_nothing_saved(tmp_path, digits):
+  x, y = digits
+  config = FitConfig(epochs=1, batch_size=64, **QUIET)
+  fit(_mlp(), (x, y), config=config, workdir=tmp_path)
+  files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+  log = (tmp_path / "metrics.jsonl").read_text()
+  with pytest.raises(ValueError, match="same number of examples"):
+    fit(_mlp(), (x, y[:100]), config=config, workdir=tmp_path, resume=True)
+  with pytest.raises(ValueError, match="does not take the training inputs"):
+    fit(CNN(), (x.reshape(len(x), -1), y), config=config, workdir=tmp_path, resume=True)
+  assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == files
+  assert (tmp_path / "metrics.jsonl").read_text() == log

@@ -1,8 +1,15 @@
-"""Pallas kernels for dlopt: fused attention and fused convolution.
+"""Pallas kernels for dlopt, each with a plain XLA reference and an `impl=` switch.
 
-Each op will be a package with a plain `reference.py`, Pallas kernels per backend, validated
-block sizes and a public function with an `impl=` switch (see DESIGN.md). The ops arrive with
-their own issues; this package is the home they slot into and never imports `dlopt`.
+>>> import jax, jax.numpy as jnp
+>>> import kernels
+>>> q = k = v = jax.random.normal(jax.random.key(0), (1, 64, 2, 32))
+>>> kernels.attention(q, k, v, causal=True).shape
+(1, 64, 2, 32)
+
+Never imports `dlopt`.
 """
 
-__all__: list[str] = []
+from kernels.attention import BlockSizes as AttentionBlockSizes
+from kernels.attention import attention
+
+__all__ = ["attention", "AttentionBlockSizes"]

@@ -23,17 +23,25 @@ get `(logits, {"batch_stats": new_stats})` back.
 """
 
 from dlopt.models._utils import count_params
+from dlopt.models.attention import MultiHeadSelfAttention
 from dlopt.models.cnn import CNN
 from dlopt.models.cnn import ResidualBlock
 from dlopt.models.cnn import ResidualCNN
 from dlopt.models.linear import LinearRegression
 from dlopt.models.mlp import MLP
+from dlopt.models.transformer import DecoderLM
+from dlopt.models.transformer import TransformerBlock
+from dlopt.models.transformer import TransformerEncoderClassifier
 
 __all__ = [
     "CNN",
+    "DecoderLM",
     "LinearRegression",
     "MLP",
+    "MultiHeadSelfAttention",
     "ResidualBlock",
     "ResidualCNN",
+    "TransformerBlock",
+    "TransformerEncoderClassifier",
     "count_params",
 ]

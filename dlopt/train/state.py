@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -74,8 +75,8 @@ def create_train_state(
     A `TrainState` at step 0.
   """
   init_key, dropout_key, run_key = jax.random.split(jax.random.PRNGKey(seed), 3)
-  variables = model.init({"params": init_key, "dropout": dropout_key},
-                         jnp.asarray(sample_x[:1]), train=False)
+  init = jax.jit(functools.partial(model.init, train=False))  # one compile, not one per op
+  variables = init({"params": init_key, "dropout": dropout_key}, jnp.asarray(sample_x[:1]))
   variables = dict(variables)
   params = variables.pop("params")
   return TrainState(

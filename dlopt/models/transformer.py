@@ -1,0 +1,322 @@
+"""Pre-norm transformer blocks, a sequence classifier and a decoder-only LM.
+
+>>> import jax, jax.numpy as jnp
+>>> from dlopt.models import DecoderLM, TransformerEncoderClassifier
+>>> clf = TransformerEncoderClassifier(num_classes=3, num_layers=1, width=32)
+>>> x = jnp.ones((2, 8, 5))                              # [B, T, F] features
+>>> variables = jax.jit(clf.init)(jax.random.key(0), x)
+>>> jax.jit(clf.apply)(variables, x, lengths=jnp.array([8, 3])).shape
+(2, 3)
+>>> lm = DecoderLM(vocab_size=50, num_layers=1, width=32, num_kv_heads=1, max_len=16)
+>>> tokens = jnp.zeros((2, 12), jnp.int32)               # [B, T] token ids
+>>> variables = jax.jit(lm.init)(jax.random.key(0), tokens)
+>>> segment_ids = jnp.array([[1] * 5 + [2] * 7] * 2)     # two packed sequences
+>>> logits = jax.jit(lm.apply)(variables, tokens, segment_ids=segment_ids)
+>>> logits.shape, logits.dtype
+((2, 12, 50), dtype('float32'))
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dlopt.models import _utils
+from dlopt.models.attention import MultiHeadSelfAttention
+from dlopt.models.attention import check_attention_impl
+from dlopt.models.attention import check_num_kv_heads
+
+__all__ = ["DecoderLM", "POOLINGS", "TransformerBlock", "TransformerEncoderClassifier"]
+
+POOLINGS = ("mean", "cls")
+# Embedding tables (tokens, positions, the [CLS] vector) start at this scale (GPT-2).
+_EMBED_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def _check_mlp_ratio(mlp_ratio: float) -> None:
+  if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not (
+      mlp_ratio > 0):
+    raise ValueError(f"mlp_ratio must be a number > 0; got mlp_ratio={mlp_ratio!r}")
+
+
+def _check_stack(model) -> None:
+  """Validates the fields shared by the two transformer stacks."""
+  _utils.check_positive("num_layers", model.num_layers)
+  _utils.check_positive("width", model.width)
+  _utils.check_positive("num_heads", model.num_heads)
+  if model.width % model.num_heads:
+    raise ValueError(f"num_heads must divide width; got num_heads={model.num_heads} and "
+                     f"width={model.width}")
+  check_num_kv_heads(model.num_heads, model.num_kv_heads)
+  _utils.check_positive("max_len", model.max_len)
+  _check_mlp_ratio(model.mlp_ratio)
+  _utils.check_dropout_rate(model.dropout_rate)
+  check_attention_impl(model.attention_impl)
+
+
+def _check_length(model: str, length: int, max_len: int) -> None:
+  if length > max_len:
+    raise ValueError(f"{model} input length {length} exceeds max_len={max_len}")
+
+
+class TransformerBlock(nn.Module):
+  """Pre-norm block: `x + Attn(LN(x))`, then `x + MLP(LN(x))`.
+
+  The MLP is Dense(`round(mlp_ratio * F)`) -> gelu -> Dense(F), `F` the input
+  width; `num_heads` must divide F.
+
+  Attributes:
+    num_heads: attention heads, >= 1.
+    num_kv_heads: key/value heads dividing `num_heads`; None for `num_heads`.
+    mlp_ratio: MLP hidden width over the model width, > 0.
+    dropout_rate: dropout on the attention output projection and on the MLP
+      output, 0 <= rate < 1; active only with `train=True` ('dropout' stream).
+    causal: causal self-attention.
+    attention_impl: the `impl` of `kernels.attention`.
+  """
+
+  num_heads: int
+  num_kv_heads: int | None = None
+  mlp_ratio: float = 4.0
+  dropout_rate: float = 0.0
+  causal: bool = False
+  attention_impl: str = "auto"
+
+  def __post_init__(self):
+    _utils.check_positive("num_heads", self.num_heads)
+    check_num_kv_heads(self.num_heads, self.num_kv_heads)
+    _check_mlp_ratio(self.mlp_ratio)
+    _utils.check_dropout_rate(self.dropout_rate)
+    check_attention_impl(self.attention_impl)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False, mask: jax.Array | None = None,
+               lengths: jax.Array | None = None,
+               segment_ids: jax.Array | None = None) -> jax.Array:
+    """Runs the block.
+
+    Args:
+      x: float [B, T, F].
+      train: enables dropout.
+      mask, lengths, segment_ids: as in `MultiHeadSelfAttention.__call__`.
+
+    Returns:
+      [B, T, F].
+    """
+    _utils.check_ndim("TransformerBlock", x, 3, "inputs [batch, seq, features]")
+    width = x.shape[-1]
+    hidden = max(1, round(self.mlp_ratio * width))
+    y = nn.LayerNorm(name="ln_attn")(x)
+    y = MultiHeadSelfAttention(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
+                               causal=self.causal, dropout_rate=self.dropout_rate,
+                               attention_impl=self.attention_impl, name="attention")(
+                                   y, train=train, mask=mask, lengths=lengths,
+                                   segment_ids=segment_ids)
+    x = x + y
+    y = nn.LayerNorm(name="ln_mlp")(x)
+    y = nn.gelu(nn.Dense(hidden, name="mlp_in")(y))             # [B, T, hidden]
+    y = nn.Dense(width, name="mlp_out")(y)                      # [B, T, F]
+    y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+    return x + y
+
+
+class TransformerEncoderClassifier(nn.Module):
+  """Bidirectional transformer encoder with a pooled classification head.
+
+  Inputs are token ids int [B, T] (embedded; needs `vocab_size`) or features
+  float [B, T, F] (projected by a Dense to `width`). Learned position
+  embeddings are added, `num_layers` `TransformerBlock`s run, a final
+  LayerNorm, then "mean" pooling over the valid positions (honouring
+  `lengths`) or the output at a learned [CLS] vector prepended at position 0
+  ("cls"), and a Dense to `num_classes` logits.
+
+  Attributes:
+    num_classes: logits per example, >= 1.
+    num_layers: transformer blocks, >= 1.
+    width: model width, divisible by `num_heads`.
+    num_heads: attention heads.
+    num_kv_heads: key/value heads dividing `num_heads`; None for `num_heads`.
+    max_len: rows of the position table; T (T + 1 with "cls") must not exceed it.
+    mlp_ratio: MLP hidden width over `width`.
+    dropout_rate: dropout after the embeddings and in every block.
+    pooling: "mean" or "cls".
+    attention_impl: the `impl` of `kernels.attention`.
+    vocab_size: the token vocabulary for integer inputs; None for feature inputs only.
+  """
+
+  num_classes: int
+  num_layers: int = 2
+  width: int = 64
+  num_heads: int = 4
+  num_kv_heads: int | None = None
+  max_len: int = 512
+  mlp_ratio: float = 4.0
+  dropout_rate: float = 0.0
+  pooling: str = "mean"
+  attention_impl: str = "auto"
+  vocab_size: int | None = None
+
+  def __post_init__(self):
+    _utils.check_positive("num_classes", self.num_classes)
+    _check_stack(self)
+    if self.pooling not in POOLINGS:
+      raise ValueError(f"pooling must be one of {POOLINGS}; got pooling={self.pooling!r}")
+    if self.vocab_size is not None:
+      _utils.check_positive("vocab_size", self.vocab_size)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False,
+               lengths: jax.Array | None = None) -> jax.Array:
+    """Classifies each sequence.
+
+    Args:
+      x: token ids int [B, T], or features float [B, T, F].
+      train: enables dropout (needs `rngs={"dropout": key}` when
+        `dropout_rate > 0`).
+      lengths: int [B]; positions at or past `lengths[b]` are padding and
+        change nothing. None: every position is valid.
+
+    Returns:
+      Logits float32 [B, num_classes].
+
+    Raises:
+      ValueError: for inputs of another rank or dtype, token ids without
+        `vocab_size`, or a sequence longer than `max_len`.
+    """
+    name = "TransformerEncoderClassifier"
+    if jnp.issubdtype(x.dtype, jnp.integer):
+      _utils.check_ndim(name, x, 2, "token ids int [batch, seq]")
+      if self.vocab_size is None:
+        raise ValueError(f"{name} got token ids {x.shape=} {x.dtype}, which need vocab_size; "
+                         "got vocab_size=None")
+      h = nn.Embed(self.vocab_size, self.width, embedding_init=_EMBED_INIT, name="embed")(x)
+    else:
+      _utils.check_ndim(name, x, 3, "features float [batch, seq, features] or token ids "
+                        "int [batch, seq]")
+      h = nn.Dense(self.width, name="input_proj")(x)            # [B, T, W]
+    batch, length = x.shape[:2]
+    if self.pooling == "cls":
+      cls = self.param("cls", _EMBED_INIT, (self.width,))
+      h = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, self.width)).astype(h.dtype), h],
+                          axis=1)                               # [B, 1 + T, W]
+      if lengths is not None:
+        lengths = jnp.asarray(lengths) + 1
+    _check_length(name, h.shape[1], self.max_len)
+    pos = self.param("pos_embed", _EMBED_INIT, (self.max_len, self.width))
+    h = h + pos[:h.shape[1]]
+    h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    for i in range(self.num_layers):
+      h = TransformerBlock(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
+                           mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout_rate,
+                           attention_impl=self.attention_impl, name=f"block_{i}")(
+                               h, train=train, lengths=lengths)
+    h = nn.LayerNorm(name="ln_final")(h)
+    if self.pooling == "cls":
+      pooled = h[:, 0]                                          # [B, W]
+    elif lengths is None:
+      pooled = h.mean(axis=1)
+    else:
+      valid = jnp.arange(length)[None, :] < jnp.asarray(lengths)[:, None]  # [B, T]
+      counts = jnp.maximum(valid.sum(axis=1, keepdims=True), 1)
+      pooled = jnp.where(valid[..., None], h, 0).sum(axis=1) / counts
+    return nn.Dense(self.num_classes, name="head")(pooled)
+
+
+def _segment_positions(segment_ids: jax.Array) -> jax.Array:
+  """Position of each token within its (contiguous) segment: int32 [B, T]."""
+  index = jnp.arange(segment_ids.shape[1], dtype=jnp.int32)
+  starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                            segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+  first = jax.lax.cummax(jnp.where(starts, index, 0), axis=1)   # start of own segment
+  return index - first
+
+
+class DecoderLM(nn.Module):
+  """Decoder-only (causal) transformer language model.
+
+  Token and learned position embeddings, `num_layers` causal
+  `TransformerBlock`s, a final LayerNorm, and logits through the transposed
+  token embedding (`tie_embeddings`) or a bias-free Dense `lm_head`.
+
+  Attributes:
+    vocab_size: the token vocabulary, >= 1.
+    num_layers: transformer blocks, >= 1.
+    width: model width, divisible by `num_heads`.
+    num_heads: attention heads.
+    num_kv_heads: key/value heads dividing `num_heads` (GQA/MQA); None for
+      `num_heads`.
+    max_len: rows of the position table; the longest input.
+    mlp_ratio: MLP hidden width over `width`.
+    dropout_rate: dropout after the embeddings and in every block.
+    attention_impl: the `impl` of `kernels.attention`.
+    tie_embeddings: reuse the token embedding as the output projection.
+  """
+
+  vocab_size: int
+  num_layers: int = 2
+  width: int = 64
+  num_heads: int = 4
+  num_kv_heads: int | None = None
+  max_len: int = 512
+  mlp_ratio: float = 4.0
+  dropout_rate: float = 0.0
+  attention_impl: str = "auto"
+  tie_embeddings: bool = True
+
+  def __post_init__(self):
+    _utils.check_positive("vocab_size", self.vocab_size)
+    _check_stack(self)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, *, train: bool = False,
+               segment_ids: jax.Array | None = None) -> jax.Array:
+    """Next-token logits at every position.
+
+    Args:
+      tokens: int [B, T], T <= max_len.
+      train: enables dropout (needs `rngs={"dropout": key}` when
+        `dropout_rate > 0`).
+      segment_ids: int [B, T] for packed sequences: contiguous runs of equal
+        ids are separate sequences; tokens attend only within their own
+        segment, and positions restart at 0 at each segment's first token, so
+        each segment gets the logits it would get alone.
+
+    Returns:
+      Logits float32 [B, T, vocab_size].
+
+    Raises:
+      ValueError: if `tokens` is not int [B, T], T exceeds `max_len`, or
+        `segment_ids` is not int [B, T].
+    """
+    name = "DecoderLM"
+    _utils.check_ndim(name, tokens, 2, "token ids int [batch, seq]")
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+      raise ValueError(f"{name} expects integer token ids; got {tokens.dtype=}")
+    length = tokens.shape[1]
+    _check_length(name, length, self.max_len)
+    if segment_ids is not None:
+      segment_ids = jnp.asarray(segment_ids)
+      if segment_ids.shape != tokens.shape or not jnp.issubdtype(segment_ids.dtype,
+                                                                   jnp.integer):
+        raise ValueError(f"segment_ids must be int {tokens.shape}; got "
+                         f"{segment_ids.shape=} {segment_ids.dtype}")
+      positions = _segment_positions(segment_ids)               # [B, T]
+    else:
+      positions = jnp.arange(length)[None]                      # [1, T]
+    embed = nn.Embed(self.vocab_size, self.width, embedding_init=_EMBED_INIT, name="embed")
+    pos = self.param("pos_embed", _EMBED_INIT, (self.max_len, self.width))
+    h = embed(tokens) + pos[positions]                          # [B, T, W]
+    h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    for i in range(self.num_layers):
+      h = TransformerBlock(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
+                           mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout_rate,
+                           causal=True, attention_impl=self.attention_impl,
+                           name=f"block_{i}")(h, train=train, segment_ids=segment_ids)
+    h = nn.LayerNorm(name="ln_final")(h)
+    if self.tie_embeddings:
+      return embed.attend(h)                                    # [B, T, V]
+    return nn.Dense(self.vocab_size, use_bias=False, name="lm_head")(h)

@@ -25,8 +25,9 @@ __all__ = ["attention", "attention_reference", "allowed_mask", "BlockSizes", "IM
 IMPLS = ("auto", "xla", "xla_chunked", "pallas", "pallas_gpu", "pallas_tpu")
 _DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16, jnp.float64)
 # On the CPU, "auto" switches from the reference to the chunked path at this many logits per
-# (batch, head): below it the reference's single fused einsum is faster.
-_CHUNKED_FROM_LOGITS = 2048 * 2048
+# (batch, head). Measured (bench/results/attention_cpu.json, "crossover"): at seq 256 the two
+# are even, from 512 on the chunked path is faster (fwd+bwd 2.5x at 512, 4x at 4096).
+_CHUNKED_FROM_LOGITS = 512 * 512
 
 
 def attention(q, k, v, *, causal: bool = False, mask=None, q_lengths=None, kv_lengths=None,

@@ -47,16 +47,21 @@ def make_options(seed: int, batch: int, q_len: int, kv_len: int, q_heads: int, k
   return options
 
 
+def _reference_options(options: dict) -> dict:
+  """Public-API options as the reference takes them (segment pair split), as jnp arrays."""
+  options = dict(options)
+  segment_ids = options.pop("segment_ids", None)
+  if segment_ids is not None:
+    options["q_segment_ids"], options["kv_segment_ids"] = segment_ids
+  return {key: (jnp.asarray(np.asarray(val)) if hasattr(val, "shape") else val)
+          for key, val in options.items()}
+
+
 def reference64(q, k, v, **options):
   """The reference in float64 (jax_enable_x64 scoped), as numpy float64."""
   with jax.enable_x64(True):
     q64, k64, v64 = (jnp.asarray(np.asarray(x, np.float64)) for x in (q, k, v))
-    segment_ids = options.pop("segment_ids", None)
-    if segment_ids is not None:
-      options["q_segment_ids"], options["kv_segment_ids"] = (
-          jnp.asarray(np.asarray(s)) for s in segment_ids)
-    options = {key: (jnp.asarray(np.asarray(val)) if hasattr(val, "shape") else val)
-               for key, val in options.items()}
+    options = _reference_options(options)
     out = attention_reference(q64, k64, v64, **options)
     return np.asarray(out)
 
@@ -65,12 +70,7 @@ def reference64_grads(q, k, v, cotangent, **options):
   """d/d(q, k, v) of sum(reference64(q, k, v) * cotangent), float64 numpy."""
   with jax.enable_x64(True):
     q64, k64, v64, ct64 = (jnp.asarray(np.asarray(x, np.float64)) for x in (q, k, v, cotangent))
-    segment_ids = options.pop("segment_ids", None)
-    if segment_ids is not None:
-      options["q_segment_ids"], options["kv_segment_ids"] = (
-          jnp.asarray(np.asarray(s)) for s in segment_ids)
-    options = {key: (jnp.asarray(np.asarray(val)) if hasattr(val, "shape") else val)
-               for key, val in options.items()}
+    options = _reference_options(options)
     grads = jax.grad(lambda a, b, c: jnp.sum(attention_reference(a, b, c, **options) * ct64),
                      argnums=(0, 1, 2))(q64, k64, v64)
     return tuple(np.asarray(g) for g in grads)

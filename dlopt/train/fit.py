@@ -128,7 +128,7 @@ def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerCo
     checkpointer = Checkpointer(workdir / "checkpoints", config.keep_last_n)
   try:
     if checkpointer is not None:
-      _check_saved_config(workdir, config, optimizer, resume, checkpointer)
+      _check_saved_config(workdir, model, config, optimizer, resume, checkpointer)
       if resume and checkpointer.latest_step() is not None:
         best_template = _best_tree(state) if keeps_best else None
         state, meta, best = checkpointer.restore(state, best_template)
@@ -398,14 +398,20 @@ def _check_model_outputs(state: TrainState, sample_x, train, val, test, objectiv
   return num_classes
 
 
-def _config_record(config: FitConfig, optimizer: OptimizerConfig) -> dict:
-  return {"fit": dataclasses.asdict(config), "optimizer": dataclasses.asdict(optimizer)}
+def _config_record(model: nn.Module, config: FitConfig, optimizer: OptimizerConfig) -> dict:
+  """The run's configuration as JSON: the model's fields, the fit and optimizer configs."""
+  model_fields = {field.name: getattr(model, field.name) for field in dataclasses.fields(model)
+                  if field.name not in ("parent", "name")}
+  record = {"model": {"class": type(model).__name__, **model_fields},
+            "fit": dataclasses.asdict(config), "optimizer": dataclasses.asdict(optimizer)}
+  return json.loads(json.dumps(record, default=repr))
 
 
-def _check_saved_config(workdir: Path, config, optimizer, resume: bool, checkpointer) -> None:
-  """Refuses to overwrite a run, or to resume one under a different config."""
+def _check_saved_config(workdir: Path, model, config, optimizer, resume: bool,
+                        checkpointer) -> None:
+  """Refuses to overwrite a run, or to resume one under a different model or config."""
   path = workdir / "config.json"
-  record = json.loads(json.dumps(_config_record(config, optimizer)))
+  record = _config_record(model, config, optimizer)
   latest = checkpointer.latest_step()
   if latest is not None and not resume:
     raise ValueError(f"workdir {workdir} already holds a run (checkpoint at step {latest}); "
@@ -413,7 +419,7 @@ def _check_saved_config(workdir: Path, config, optimizer, resume: bool, checkpoi
   if resume and latest is not None and path.exists():
     saved = json.loads(path.read_text())
     differ = [f"{group}.{key}: saved {saved[group].get(key)!r}, now {value!r}"
-              for group in ("fit", "optimizer") for key, value in record[group].items()
+              for group in ("model", "fit", "optimizer") for key, value in record[group].items()
               if key not in _RESUME_MAY_DIFFER and saved.get(group, {}).get(key) != value]
     if differ:
       raise ValueError("cannot resume a run under a different config (the result would differ "

@@ -1,7 +1,7 @@
 """Pure train and eval steps: `(state, batch) -> (state, metrics)` and `(state, batch) -> sums`.
 
->>> train_step = make_train_step(Objective("cross_entropy"), ema_decay=None)
->>> state, m = train_step(state, (x, y))          # doctest: +SKIP
+>>> train_step = make_train_step(Objective("cross_entropy"), ema_decay=None)  # doctest: +SKIP
+>>> state, m = train_step(state, (x, y))                                      # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -106,7 +106,8 @@ def _check(q, k, v, causal, mask, q_lengths, kv_lengths, segment_ids, scale, imp
       raise ValueError(f"{name} must be [batch, seq, heads, head_dim]; got "
                        f"{name}.shape={getattr(x, 'shape', type(x).__name__)}")
     if jnp.dtype(x.dtype) not in [jnp.dtype(d) for d in _DTYPES]:
-      raise ValueError(f"{name}.dtype must be float32, bfloat16 or float16; got {x.dtype}")
+      raise ValueError(f"{name}.dtype must be float32, bfloat16, float16 (or float64 on the "
+                       f"XLA paths); got {x.dtype}")
   if not q.dtype == k.dtype == v.dtype:
     raise ValueError(f"q, k, v must share a dtype; got {q.dtype=}, {k.dtype=}, {v.dtype=}")
   if k.shape != v.shape:

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,7 +57,6 @@ def test_bad_flags_give_one_clear_error(example, capsys, argv, expected, tmp_pat
   assert exit_info.value.code == 2
   err = capsys.readouterr().err
   assert len(err.strip().splitlines()[-1]) < 300
-  import re
   assert re.search(expected, err), err
 
 

@@ -119,6 +119,8 @@ def test_existing_run_is_not_overwritten_and_config_must_match(tmp_path, digits)
   with pytest.raises(ValueError, match="batch_size"):
     fit(_mlp(), digits, config=FitConfig(epochs=1, batch_size=32, **QUIET), workdir=tmp_path,
         resume=True)
+  with pytest.raises(ValueError, match=r"model\.widths: saved \[32\], now \[16\]"):
+    fit(MLP(widths=(16,), num_outputs=10), digits, config=config, workdir=tmp_path, resume=True)
   assert Checkpointer(tmp_path / "checkpoints").all_steps() == before
 
 

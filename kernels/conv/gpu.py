@@ -5,7 +5,9 @@
 >>> xs = jnp.ones((1, 2, 1, 40, 8))  # [S, N, G, L, Ci]
 >>> w = jnp.ones((3, 1, 8, 16))  # [T, G, Ci, Co]
 >>> y = gpu.forward(xs, w, None, None, taps=((0, 0), (0, 1), (0, 6)), m=32,
-...                 activation="relu", interpret=True)  # [2, 1, 32, 16]
+...                 activation="relu", interpret=True)
+>>> y.shape, float(y[0, 0, 0, 0])  # each output sums 3 taps of 8 channels of ones
+((2, 1, 32, 16), 24.0)
 
 Each function solves the canonical flat-shift implicit GEMM of `kernels.conv.canonical`
 (which defines the layouts and the semantics) with the same signature, plus `block_sizes`

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from kernels.conv import canonical
+from kernels.conv.options import normalize_padding, pair
+from kernels.conv.reference import conv2d_reference
 
 # Max abs error allowed against the float64 reference, relative to the output's scale
 # (the max abs of the float64 result), per input dtype.
@@ -82,10 +84,57 @@ def assert_close(actual, expected64, dtype, what: str = "output"):
   assert error <= TOLERANCE[dtype], f"{what}: relative max error {error:.3g} > {TOLERANCE[dtype]}"
 
 
+def make_conv(seed: int, x_shape, w_shape, *, dtype=jnp.float32, bias=True, residual=True,
+              **options):
+  """Random `x`, `w`, `b`, `residual` and an output cotangent for one conv2d (never zeros).
+
+  `options` are conv2d's (stride, padding, dilation, groups); the residual and cotangent get
+  the output's shape. Weights are scaled by 1/sqrt(fan_in) so outputs stay O(1).
+  """
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.standard_normal(x_shape, np.float32), dtype)
+  fan_in = w_shape[0] * w_shape[1] * w_shape[2]
+  w = jnp.asarray(rng.standard_normal(w_shape, np.float32) / np.sqrt(fan_in), dtype)
+  b = jnp.asarray(rng.standard_normal(w_shape[3], np.float32), dtype) if bias else None
+  out_shape = jax.eval_shape(lambda x, w: conv64_options_apply(x, w, options), x, w).shape
+  r = jnp.asarray(rng.standard_normal(out_shape, np.float32), dtype) if residual else None
+  cotangent = jnp.asarray(rng.standard_normal(out_shape, np.float32))
+  return x, w, b, r, cotangent
+
+
+def conv64_options_apply(x, w, options, b=None, residual=None, activation=None):
+  """The reference with public-API options (ints, "SAME", ...) normalized as conv2d does."""
+  options = dict(options)
+  stride, dilation = pair("stride", options.pop("stride", 1)), pair(
+      "dilation", options.pop("dilation", 1))
+  padding = normalize_padding(options.pop("padding", "SAME"), x.shape[1:3], w.shape[:2],
+                              stride, dilation)
+  return conv2d_reference(x, w, b, stride=stride, padding=padding, dilation=dilation,
+                          activation=activation, residual=residual, **options)
+
+
+def reference64_conv(x, w, b, residual, cotangent, activation=None, **options):
+  """The reference conv2d in float64 and d/d(x, w, b, residual) of `sum(out * cotangent)`.
+
+  Returns numpy float64 `(out, (dx, dw, db, dresidual))`; None grads for None inputs.
+  """
+  with jax.enable_x64(True):
+    args = tuple(_as64(a) for a in (x, w, b, residual))
+    ct = _as64(cotangent)
+
+    def loss(x, w, b, r):
+      out = conv64_options_apply(x, w, options, b, r, activation)
+      return jnp.sum(out * ct), out
+
+    grads, out = jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True)(*args)
+    return np.asarray(out), tuple(None if g is None else np.asarray(g) for g in grads)
+
+
 @pytest.fixture
 def conv_cases():
   """The helpers above, as a fixture: `cases.make_canonical(...)`, `cases.assert_close`..."""
-  return types.SimpleNamespace(make_canonical=make_canonical,
+  return types.SimpleNamespace(make_canonical=make_canonical, make_conv=make_conv,
+                               reference64_conv=reference64_conv,
                                reference64_forward=reference64_forward,
                                reference64_weight_grad=reference64_weight_grad,
                                assert_close=assert_close, TOLERANCE=TOLERANCE)

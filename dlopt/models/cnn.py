@@ -21,10 +21,11 @@ import jax
 import jax.numpy as jnp
 
 from dlopt.models import _utils
+from dlopt.models.conv import FusedConv, check_conv_impl
 
 __all__ = ["CNN", "NORMS", "ResidualBlock", "ResidualCNN"]
 
-NORMS = ("batch", "group")
+NORMS = ("batch", "group", "none")
 BATCH_NORM_MOMENTUM = 0.9
 _IMAGES = "images [batch, height, width, channels]"
 
@@ -55,12 +56,15 @@ class CNN(nn.Module):
     dense_width: width of the hidden dense layer, >= 1.
     dropout_rate: dropout before the last layer, 0 <= rate < 1; active only
       when `train=True`, drawing from the 'dropout' RNG stream.
+    conv_impl: the `impl` of `kernels.conv2d` for the convs, each fused with
+      its bias and relu ("auto", "xla", "xla_gemm", "pallas", ...).
   """
 
   num_classes: int = 10
   features: Sequence[int] = (32, 64)
   dense_width: int = 128
   dropout_rate: float = 0.0
+  conv_impl: str = "auto"
 
   def __post_init__(self):
     self.features = tuple(self.features)
@@ -68,6 +72,7 @@ class CNN(nn.Module):
     _utils.check_positive_all("features", self.features)
     _utils.check_positive("dense_width", self.dense_width)
     _utils.check_dropout_rate(self.dropout_rate)
+    check_conv_impl(self.conv_impl)
     super().__post_init__()
 
   @nn.compact
@@ -86,8 +91,10 @@ class CNN(nn.Module):
       ValueError: if `x` is not 4-D.
     """
     _utils.check_ndim("CNN", x, 4, _IMAGES)
-    for f in self.features:
-      x = nn.relu(nn.Conv(f, (3, 3), padding="SAME")(x))
+    for i, f in enumerate(self.features):
+      # Named as flax.linen.Conv would be, so parameter trees match nn.Conv's.
+      x = FusedConv(f, (3, 3), activation="relu", impl=self.conv_impl,
+                    name=f"Conv_{i}")(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(self.dense_width)(x))
@@ -102,19 +109,26 @@ class ResidualBlock(nn.Module):
   `strides != 1` or the channel count changes. Convs have no bias (the norm
   supplies one).
 
+  With `norm="none"` the convs carry biases and fuse their epilogues:
+  conv1 + bias + relu, then conv2 + bias + shortcut + relu in one kernel;
+  conv2's kernel starts at zero, so each block starts as its shortcut
+  (SkipInit, De & Smith 2020), which lets the net train without a norm.
+
   Attributes:
     features: output channels, >= 1.
     strides: stride of the first conv and of the projection, >= 1.
-    norm: "batch" (running statistics in the 'batch_stats' collection) or
-      "group" (no state).
+    norm: "batch" (running statistics in the 'batch_stats' collection),
+      "group" (no state) or "none".
     norm_groups: groups of `nn.GroupNorm`; must divide `features` when
       `norm="group"`.
+    conv_impl: the `impl` of `kernels.conv2d` for the convs.
   """
 
   features: int
   strides: int = 1
   norm: str = "batch"
   norm_groups: int = 8
+  conv_impl: str = "auto"
 
   def __post_init__(self):
     _utils.check_positive("features", self.features)
@@ -125,6 +139,7 @@ class ResidualBlock(nn.Module):
       raise ValueError(
           f"norm_groups must divide features when norm='group'; "
           f"got {self.norm_groups=}, {self.features=}")
+    check_conv_impl(self.conv_impl)
     super().__post_init__()
 
   @nn.compact
@@ -144,20 +159,26 @@ class ResidualBlock(nn.Module):
       ValueError: if `x` is not 4-D.
     """
     _utils.check_ndim("ResidualBlock", x, 4, _IMAGES)
-    strides = (self.strides, self.strides)
+    fused = self.norm == "none"
     residual = x
-    y = nn.Conv(self.features, (3, 3), strides, padding="SAME",
-                use_bias=False, name="conv1")(x)
-    y = _norm_layer(self.norm, self.norm_groups, train, "norm1")(y)
-    y = nn.relu(y)
-    y = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False,
-                name="conv2")(y)
-    y = _norm_layer(self.norm, self.norm_groups, train, "norm2")(y)
     if self.strides != 1 or x.shape[-1] != self.features:
-      residual = nn.Conv(self.features, (1, 1), strides, use_bias=False,
-                         name="proj_conv")(x)
-      residual = _norm_layer(self.norm, self.norm_groups, train,
-                             "proj_norm")(residual)
+      residual = FusedConv(self.features, (1, 1), self.strides, padding="VALID",
+                           use_bias=fused, impl=self.conv_impl,
+                           name="proj_conv")(x)
+      if not fused:
+        residual = _norm_layer(self.norm, self.norm_groups, train,
+                               "proj_norm")(residual)
+    y = FusedConv(self.features, (3, 3), self.strides, use_bias=fused,
+                  activation="relu" if fused else None, impl=self.conv_impl,
+                  name="conv1")(x)
+    if fused:
+      return FusedConv(self.features, (3, 3), activation="relu",
+                       impl=self.conv_impl, name="conv2",
+                       kernel_init=nn.initializers.zeros_init())(y, residual)
+    y = nn.relu(_norm_layer(self.norm, self.norm_groups, train, "norm1")(y))
+    y = FusedConv(self.features, (3, 3), use_bias=False, impl=self.conv_impl,
+                  name="conv2")(y)
+    y = _norm_layer(self.norm, self.norm_groups, train, "norm2")(y)
     return nn.relu(y + residual)
 
 
@@ -178,11 +199,13 @@ class ResidualCNN(nn.Module):
     stage_features: channels of each stage, each >= 1.
     blocks_per_stage: blocks in each stage, each >= 1, same length as
       `stage_features`.
-    norm: "batch" (`nn.BatchNorm`, momentum 0.9) or "group" (`nn.GroupNorm`).
+    norm: "batch" (`nn.BatchNorm`, momentum 0.9), "group" (`nn.GroupNorm`)
+      or "none" (biased convs with fused epilogues, see `ResidualBlock`).
     norm_groups: groups of `nn.GroupNorm`; must divide `stem_features` and
       every entry of `stage_features` when `norm="group"`.
     dropout_rate: dropout before the head, 0 <= rate < 1; active only when
       `train=True`, drawing from the 'dropout' RNG stream.
+    conv_impl: the `impl` of `kernels.conv2d` for every conv.
   """
 
   num_classes: int = 10
@@ -192,6 +215,7 @@ class ResidualCNN(nn.Module):
   norm: str = "batch"
   norm_groups: int = 8
   dropout_rate: float = 0.0
+  conv_impl: str = "auto"
 
   def __post_init__(self):
     self.stage_features = tuple(self.stage_features)
@@ -215,6 +239,7 @@ class ResidualCNN(nn.Module):
             f"entry when norm='group'; got {self.norm_groups=}, "
             f"{self.stem_features=}, {self.stage_features=}")
     _utils.check_dropout_rate(self.dropout_rate)
+    check_conv_impl(self.conv_impl)
     super().__post_init__()
 
   @nn.compact
@@ -234,16 +259,18 @@ class ResidualCNN(nn.Module):
       ValueError: if `x` is not 4-D.
     """
     _utils.check_ndim("ResidualCNN", x, 4, _IMAGES)
-    x = nn.Conv(self.stem_features, (3, 3), padding="SAME", use_bias=False,
-                name="stem_conv")(x)
-    x = _norm_layer(self.norm, self.norm_groups, train, "stem_norm")(x)
-    x = nn.relu(x)
+    fused = self.norm == "none"
+    x = FusedConv(self.stem_features, (3, 3), use_bias=fused,
+                  activation="relu" if fused else None, impl=self.conv_impl,
+                  name="stem_conv")(x)
+    if not fused:
+      x = nn.relu(_norm_layer(self.norm, self.norm_groups, train, "stem_norm")(x))
     for i, (features, blocks) in enumerate(
         zip(self.stage_features, self.blocks_per_stage)):
       for j in range(blocks):
         strides = 2 if i > 0 and j == 0 else 1
         x = ResidualBlock(features, strides, self.norm, self.norm_groups,
-                          name=f"stage{i}_block{j}")(x, train=train)
+                          self.conv_impl, name=f"stage{i}_block{j}")(x, train=train)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, name="head")(x)

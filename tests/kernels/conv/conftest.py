@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import kernels
+
 from kernels.conv import canonical
 from kernels.conv.options import normalize_padding, pair
 from kernels.conv.reference import conv2d_reference
@@ -130,11 +132,36 @@ def reference64_conv(x, w, b, residual, cotangent, activation=None, **options):
     return np.asarray(out), tuple(None if g is None else np.asarray(g) for g in grads)
 
 
+def check_against_reference(impl, x_shape, w_shape, *, dtype=jnp.float32,
+                            activation=None, bias=True, residual=True, seed=0,
+                            block_sizes=None, **options):
+  """conv2d(impl=...) forward and grads (x, w, b, residual) vs the float64 reference."""
+  x, w, b, r, ct = make_conv(seed, x_shape, w_shape, dtype=dtype, bias=bias,
+                                   residual=residual, **options)
+  expected, expected_grads = reference64_conv(x, w, b, r, ct, activation, **options)
+
+  def loss(x, w, b, r):
+    out = kernels.conv2d(x, w, b, activation=activation, residual=r, impl=impl,
+                         block_sizes=block_sizes, **options)
+    return jnp.sum(out.astype(jnp.float32) * ct), out
+
+  grads, out = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(x, w, b, r)
+  assert out.dtype == dtype
+  assert_close(out, expected, dtype, "out")
+  for name, got, want in zip(("dx", "dw", "db", "dresidual"), grads, expected_grads):
+    if want is None:
+      assert got is None, name
+    else:
+      assert got.dtype == dtype, name
+      assert_close(got, want, dtype, name)
+
+
 @pytest.fixture
 def conv_cases():
   """The helpers above, as a fixture: `cases.make_canonical(...)`, `cases.assert_close`..."""
   return types.SimpleNamespace(make_canonical=make_canonical, make_conv=make_conv,
                                reference64_conv=reference64_conv,
+                               check_against_reference=check_against_reference,
                                reference64_forward=reference64_forward,
                                reference64_weight_grad=reference64_weight_grad,
                                assert_close=assert_close, TOLERANCE=TOLERANCE)

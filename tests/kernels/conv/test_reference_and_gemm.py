@@ -70,30 +70,6 @@ def test_causal_reference_matches_direct_loops():
   np.testing.assert_allclose(np.asarray(out), expected + b, atol=1e-12)
 
 
-def check_against_reference(cases, impl, x_shape, w_shape, *, dtype=jnp.float32,
-                            activation=None, bias=True, residual=True, seed=0,
-                            block_sizes=None, **options):
-  """conv2d(impl=...) forward and grads (x, w, b, residual) vs the float64 reference."""
-  x, w, b, r, ct = cases.make_conv(seed, x_shape, w_shape, dtype=dtype, bias=bias,
-                                   residual=residual, **options)
-  expected, expected_grads = cases.reference64_conv(x, w, b, r, ct, activation, **options)
-
-  def loss(x, w, b, r):
-    out = kernels.conv2d(x, w, b, activation=activation, residual=r, impl=impl,
-                         block_sizes=block_sizes, **options)
-    return jnp.sum(out.astype(jnp.float32) * ct), out
-
-  grads, out = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(x, w, b, r)
-  assert out.dtype == dtype
-  cases.assert_close(out, expected, dtype, "out")
-  for name, got, want in zip(("dx", "dw", "db", "dresidual"), grads, expected_grads):
-    if want is None:
-      assert got is None, name
-    else:
-      assert got.dtype == dtype, name
-      cases.assert_close(got, want, dtype, name)
-
-
 GEOMETRIES = [  # (x_shape, w_shape, options)
     ((2, 9, 11, 4), (3, 3, 4, 6), dict(stride=1, padding="SAME")),
     ((2, 9, 11, 4), (3, 3, 4, 6), dict(stride=2, padding="SAME")),
@@ -112,7 +88,7 @@ GEOMETRIES = [  # (x_shape, w_shape, options)
 @pytest.mark.parametrize("x_shape,w_shape,options", GEOMETRIES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_gemm_geometries(conv_cases, x_shape, w_shape, options, activation):
-  check_against_reference(conv_cases, "xla_gemm", x_shape, w_shape, activation=activation,
+  conv_cases.check_against_reference("xla_gemm", x_shape, w_shape, activation=activation,
                           **options)
 
 
@@ -120,13 +96,13 @@ def test_gemm_geometries(conv_cases, x_shape, w_shape, options, activation):
 @pytest.mark.parametrize("geometry", [0, 1, 6])
 def test_gemm_low_precision(conv_cases, dtype, geometry):
   x_shape, w_shape, options = GEOMETRIES[geometry]
-  check_against_reference(conv_cases, "xla_gemm", x_shape, w_shape, dtype=dtype,
+  conv_cases.check_against_reference("xla_gemm", x_shape, w_shape, dtype=dtype,
                           activation="gelu", **options)
 
 
 @pytest.mark.parametrize("bias,residual", [(False, False), (True, False), (False, True)])
 def test_gemm_optional_inputs(conv_cases, bias, residual):
-  check_against_reference(conv_cases, "xla_gemm", (2, 7, 7, 3), (3, 3, 3, 4), bias=bias,
+  conv_cases.check_against_reference("xla_gemm", (2, 7, 7, 3), (3, 3, 3, 4), bias=bias,
                           residual=residual, activation="relu", stride=2)
 
 
@@ -147,7 +123,7 @@ def test_gemm_random_options(conv_cases, size, kernel, stride, dilation, padding
   if isinstance(padding, tuple):
     hypothesis.assume(size + 1 >= extent[0] and size + 2 >= extent[1])
   w_shape = (*kernel, cin // groups, groups * (1 if depthwise else 2))
-  check_against_reference(conv_cases, "xla_gemm", (2, size, size + 1, cin), w_shape,
+  conv_cases.check_against_reference("xla_gemm", (2, size, size + 1, cin), w_shape,
                           activation=activation, seed=seed, stride=stride, padding=padding,
                           dilation=dilation, groups=groups)
 

@@ -26,9 +26,7 @@ sequences to place `kernels.attention._CHUNKED_FROM_LOGITS`.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -39,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import kernels  # noqa: E402
 from _env import write_result  # noqa: E402
+from _timing import measure  # noqa: E402
 
 _DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
 _ERROR_CHARS = 300  # of an error message kept in the JSON
@@ -62,24 +61,6 @@ def attention_fn(impl: str, causal: bool):
 def forward_backward_fn(fn):
   """`(q, k, v, d_out) -> (dq, dk, dv)`: the forward and its VJP."""
   return lambda q, k, v, d_out: jax.vjp(fn, q, k, v)[1](d_out)
-
-
-def measure(fn, args, reps: int) -> dict:
-  """Compiles `jax.jit(fn)` on `args` and times it: compile apart, one warm-up, `reps` runs."""
-  start = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
-  compile_s = time.perf_counter() - start
-  memory = compiled.memory_analysis()
-  memory_bytes = None if memory is None else int(memory.temp_size_in_bytes
-                                                 + memory.output_size_in_bytes)
-  jax.block_until_ready(compiled(*args))
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - start)
-  return {"compile_s": round(compile_s, 3), "median_s": statistics.median(times),
-          "min_s": min(times), "reps": reps, "memory_bytes": memory_bytes}
 
 
 def run_point(impl: str, batch: int, seq: int, heads: int, head_dim: int, causal: bool,

@@ -2,10 +2,17 @@
 
 Each function solves `kernels.conv.canonical`'s flat-shift implicit GEMM (same signatures,
 same layouts) without building an im2col matrix: a kernel holds one example's (and group's)
-whole flattened phases `[S, L, Ci]` in VMEM and reads, for tap `t = (phase, shift)` and the
-output rows `[r0, r0 + block_m)`, the rows `[r0 + shift, r0 + shift + block_m)` of that
-phase. Taps and shifts are static, so the tap loop is unrolled at trace time and every read
-is an aligned dynamic offset (`r0`, a multiple of `block_m`) plus a static one (`shift`).
+whole flattened phases `[S, L, Ci]` in VMEM and, for tap `t = (phase, shift)` and the output
+rows `[r0, r0 + block_m)`, reads the rows `[r0 + shift, r0 + shift + block_m)` of that
+phase. Taps are static, so the tap loop is unrolled at trace time.
+
+Mosaic refuses a dynamic load whose start it cannot prove sublane-aligned, and `r0 + shift`
+is not, in general. So a tap loads an aligned window of `block_m + tile` rows from
+`r0 + shift - rest` (`tile`: the dtype's sublane tile, 8 or 16 rows; `rest = shift % tile`,
+static) and its rows are moved by `rest` with a static sublane rotation (`pltpu.roll`) of
+32-bit values: the forward kernels sum the taps of one residue on the window (`tile` extra
+rows of matmul, 3-6% at `block_m = 256`) and rotate each residue's sum once; the weight
+gradients rotate the (zero-extended) `dz` tile down instead, once per residue.
 
 - `forward`: grid `(N, G, Co blocks, m blocks)`, all parallel. The x block's index map
   ignores the Co and m axes, so the phases are DMA'd once per `(n, g)`; the w block is
@@ -13,31 +20,34 @@ is an aligned dynamic offset (`r0`, a multiple of `block_m`) plus a static one (
   the epilogue adds bias and residual, applies the activation (`canonical.activate`) and
   stores `y` (and the pre-activation `z` only when asked).
 - `weight_grad`: grid `(G, Co blocks, N, m blocks)`, the last two a reduction
-  ("arbitrary"). The float32 output block holds all taps and stays in VMEM across the
-  reduction. It is computed transposed, `dw[t]^T += dz^T @ x_t`: `dz`'s tile is transposed
-  once per step and shared by the taps, where `x_t^T @ dz` would transpose one x window per
-  tap. The wrapper transposes the small result back.
+  ("arbitrary"); x is DMA'd once per `(g, Co block, n)`. The float32 output block holds all
+  taps and stays in VMEM across the reduction. It is computed transposed,
+  `dw[t]^T += dz^T @ x_t`: `dz`'s tile is transposed once per residue and shared by its
+  taps, where `x_t^T @ dz` would transpose one x window per tap. The wrapper transposes the
+  small result back.
 - `depthwise_forward` / `depthwise_weight_grad`: the same grids without the group axis and
   with channels on the lanes (blocked by `block_n`); elementwise products in float32 on the
   VPU instead of matmuls.
 
 The wrappers pad what the tiles need and slice the results back to the contract's shapes:
 `m` to a multiple of `block_m` (padded `dz` rows are zero, so they add nothing to `dw`),
-`Co` (or `C`) to a multiple of `block_n` when it spans several blocks, and `L` so that the
-padded rows' reads stay in bounds. `Ci` is never padded: a block spanning a whole axis is
+`Co` (or `C`) to a multiple of `block_n` when it spans several blocks, and `L` so that every
+window of every padded row is in bounds. `Ci` is never padded: a block spanning a whole axis is
 legal at any size.
 
-VMEM: the x block is `S * L * Ci` elements, lane-padded to 128 (a 3-channel input costs as
-much VMEM as a 128-channel one) and double-buffered, so the whole-image design suits
-feature maps up to a few MiB per example; the scoped VMEM limit is raised to the blocks'
-estimated need, up to `_MAX_VMEM_BYTES`. Larger images (or very large `Ci`, which is not
-split into a K loop) would need manual halo DMAs of row windows instead.
+VMEM: the x block is `S * L * Ci` elements (`S * L * block_n` for depthwise), lane-padded to
+128 (a 3-channel input costs as much VMEM as a 128-channel one) and double-buffered, so the
+whole-image design suits feature maps up to a few MiB per example; the scoped VMEM limit is
+raised to the blocks' estimated need, up to `_MAX_VMEM_BYTES`. Larger images (or very large
+`Ci`, which is not split into a K loop: `block_k` is unused) would need manual halo DMAs of
+row windows.
 
 dtypes: float32 (matmuls at `Precision.HIGHEST`) and bfloat16 run natively, accumulating in
 float32. float16 is not a TPU compute type: float16 inputs run in float32 and the outputs
-are cast back. On a real TPU, `block_m` is raised to the dtype's sublane tile (8 or 16) and
-`block_n` to 128 lanes unless the block spans the whole axis; interpret mode
-(`interpret=True`, Pallas' TPU interpreter, for testing on the CPU) runs them as given.
+are cast back. `block_m` is raised to the sublane tile and capped at the (tile-aligned) `m`.
+On a real TPU `block_n` is raised to 128 lanes unless one block spans the whole channel
+axis; interpret mode (`interpret=True`: Pallas' TPU interpreter, which runs on the CPU) runs
+it as given, so that small tests still see several channel blocks.
 """
 
 from __future__ import annotations
@@ -100,6 +110,7 @@ def _rows_down(rows, rest: int, tile: int):
 
 
 def _add(sums: dict, key, value):
+  """`sums[key] += value`, the first value starting the sum."""
   sums[key] = sums[key] + value if key in sums else value
 
 
@@ -124,26 +135,31 @@ def _split_refs(refs, has_bias: bool, has_residual: bool, save_preactivation: bo
   return b_ref, r_ref, y_ref, z_ref
 
 
-def _forward_kernel(x_ref, w_ref, *refs, taps, block_m, activation, precision, flags):
+def _forward_kernel(x_ref, w_ref, *refs, taps, block_m, tile, activation, precision,
+                    flags):
   """One (n, g, Co block, m block) tile: `act(sum_t x_t @ w[t] + bias + residual)`.
 
   `x_ref [S, L, Ci]`, `w_ref [T, Ci, block_n]`, then (per `flags`) `b_ref [1, block_n]`
   f32, `r_ref [block_m, block_n]`, `y_ref [block_m, block_n]`, `z_ref [block_m, block_n]`.
+  Taps whose shifts share a residue mod `tile` are summed on their windows, so each
+  residue costs one rotation.
   """
   b_ref, r_ref, y_ref, z_ref = _split_refs(refs, *flags)
   i = pl.program_id(3)
-  acc = None
+  sums = {}  # rest -> f32 [block_m + tile, block_n]
   for t, (phase, shift) in enumerate(taps):
-    term = jnp.dot(_rows(x_ref, phase, shift, i, block_m), w_ref[t], precision=precision,
-                   preferred_element_type=jnp.float32)  # [block_m, block_n]
-    acc = term if acc is None else acc + term
+    x, rest = _window(x_ref, phase, shift, i, block_m, tile)
+    _add(sums, rest, jnp.dot(x, w_ref[t], precision=precision,
+                             preferred_element_type=jnp.float32))
+  acc = sum(_rows_up(window, rest, block_m) for rest, window in sums.items())
   _epilogue(acc, b_ref, r_ref, y_ref, z_ref, activation)
 
 
-def _weight_grad_kernel(x_ref, dz_ref, dwt_ref, *, taps, block_m, precision):
+def _weight_grad_kernel(x_ref, dz_ref, dwt_ref, *, taps, block_m, tile, precision):
   """One (g, Co block, n, m block) step of `dw[t]^T += dz^T @ x_t` for every tap.
 
-  `x_ref [S, L, Ci]`, `dz_ref [block_m, block_n]`, `dwt_ref [T, block_n, Ci]` f32.
+  `x_ref [S, L, Ci]`, `dz_ref [block_m, block_n]`, `dwt_ref [T, block_n, Ci]` f32. The dz
+  tile is shifted down by each residue (once per residue) to line up with the windows.
   """
   n, i = pl.program_id(2), pl.program_id(3)
 
@@ -151,13 +167,17 @@ def _weight_grad_kernel(x_ref, dz_ref, dwt_ref, *, taps, block_m, precision):
   def _init():
     dwt_ref[...] = jnp.zeros(dwt_ref.shape, jnp.float32)
 
-  dz_t = dz_ref[...].T  # [block_n, block_m]
+  dz = dz_ref[...].astype(jnp.float32)  # [block_m, block_n]
+  dz_t = {}  # rest -> [block_n, block_m + tile], the input dtype
   for t, (phase, shift) in enumerate(taps):
-    dwt_ref[t] += jnp.dot(dz_t, _rows(x_ref, phase, shift, i, block_m), precision=precision,
+    x, rest = _window(x_ref, phase, shift, i, block_m, tile)
+    if rest not in dz_t:
+      dz_t[rest] = _rows_down(dz, rest, tile).T.astype(x.dtype)
+    dwt_ref[t] += jnp.dot(dz_t[rest], x, precision=precision,
                           preferred_element_type=jnp.float32)  # [block_n, Ci]
 
 
-def _depthwise_forward_kernel(x_ref, w_ref, *refs, taps, block_m, activation, flags):
+def _depthwise_forward_kernel(x_ref, w_ref, *refs, taps, block_m, tile, activation, flags):
   """One (n, C block, m block) tile of the elementwise forward.
 
   `x_ref [S, L, block_c]`, `w_ref [T, block_c]`, then (per `flags`) `b_ref [1, block_c]`
@@ -165,15 +185,15 @@ def _depthwise_forward_kernel(x_ref, w_ref, *refs, taps, block_m, activation, fl
   """
   b_ref, r_ref, y_ref, z_ref = _split_refs(refs, *flags)
   i = pl.program_id(2)
-  acc = None
+  sums = {}  # rest -> f32 [block_m + tile, block_c]
   for t, (phase, shift) in enumerate(taps):
-    x = _rows(x_ref, phase, shift, i, block_m).astype(jnp.float32)  # [block_m, block_c]
-    term = x * w_ref[pl.ds(t, 1), :].astype(jnp.float32)
-    acc = term if acc is None else acc + term
+    x, rest = _window(x_ref, phase, shift, i, block_m, tile)
+    _add(sums, rest, x.astype(jnp.float32) * w_ref[pl.ds(t, 1), :].astype(jnp.float32))
+  acc = sum(_rows_up(window, rest, block_m) for rest, window in sums.items())
   _epilogue(acc, b_ref, r_ref, y_ref, z_ref, activation)
 
 
-def _depthwise_weight_grad_kernel(x_ref, dz_ref, dw_ref, *, taps, block_m):
+def _depthwise_weight_grad_kernel(x_ref, dz_ref, dw_ref, *, taps, block_m, tile):
   """One (C block, n, m block) step of `dw[t] += sum_r x_t * dz`.
 
   `x_ref [S, L, block_c]`, `dz_ref [block_m, block_c]`, `dw_ref [T, block_c]` f32.
@@ -185,9 +205,13 @@ def _depthwise_weight_grad_kernel(x_ref, dz_ref, dw_ref, *, taps, block_m):
     dw_ref[...] = jnp.zeros(dw_ref.shape, jnp.float32)
 
   dz = dz_ref[...].astype(jnp.float32)  # [block_m, block_c]
+  shifted = {}  # rest -> f32 [block_m + tile, block_c]
   for t, (phase, shift) in enumerate(taps):
-    x = _rows(x_ref, phase, shift, i, block_m).astype(jnp.float32)
-    dw_ref[pl.ds(t, 1), :] += jnp.sum(x * dz, axis=0, keepdims=True)  # [1, block_c]
+    x, rest = _window(x_ref, phase, shift, i, block_m, tile)
+    if rest not in shifted:
+      shifted[rest] = _rows_down(dz, rest, tile)
+    dw_ref[pl.ds(t, 1), :] += jnp.sum(x.astype(jnp.float32) * shifted[rest], axis=0,
+                                      keepdims=True)  # [1, block_c]
 
 
 # ----------------------------------------------------------------------------------------
@@ -204,11 +228,17 @@ def _sublanes(dtype) -> int:
   return NUM_SUBLANES * 4 // jnp.dtype(dtype).itemsize
 
 
-def _row_tiles(m: int, block_m: int, dtype, interpret: bool) -> tuple[int, int]:
-  """(block_m, padded m): a block no longer than the (tile-aligned) rows."""
-  sublanes = NUM_SUBLANES if interpret else _sublanes(dtype)
-  block_m = min(max(block_m, sublanes), _round_up(m, sublanes))
-  return block_m, _round_up(m, block_m)
+def _row_tiles(m: int, length: int, taps, block_m: int, dtype):
+  """Row tiling: (block_m, padded m, sublane tile, padded L).
+
+  `block_m` is a multiple of the sublane tile, no longer than the (tile-aligned) rows; the
+  padded `L` keeps every window `_window` reads, for every padded row, in bounds.
+  """
+  tile = _sublanes(dtype)
+  block_m = min(max(block_m, tile), _round_up(m, tile))
+  m_pad = _round_up(m, block_m)
+  reach = max(shift - shift % tile for _, shift in taps) + tile
+  return block_m, m_pad, tile, max(length, m_pad + reach)
 
 
 def _lane_tiles(channels: int, block_n: int, interpret: bool) -> tuple[int, int]:
@@ -258,7 +288,7 @@ def _vmem_bytes(shape, dtype) -> int:
 
 
 def _compiler_params(semantics, blocks):
-  """Mosaic parameters; `blocks` are the (shape, dtype) of every double-buffered block."""
+  """Mosaic parameters; `blocks`: (shape, dtype) of each VMEM buffer, counted twice."""
   need = 2 * sum(_vmem_bytes(shape, dtype) for shape, dtype in blocks)
   limit = min(max(need + (8 << 20), _MIN_VMEM_BYTES), _MAX_VMEM_BYTES)
   return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=limit)
@@ -266,6 +296,36 @@ def _compiler_params(semantics, blocks):
 
 def _interpret(interpret: bool):
   return pltpu.InterpretParams() if interpret else False
+
+
+def _call_forward(kernel, operands, specs, *, grid, out_shape, save_preactivation, blocks,
+                  interpret):
+  """Runs a forward kernel on `(x, w, bias, residual)`, the last two optional (None).
+
+  `specs` are the BlockSpecs of x, w, bias and of an output tile (the residual's too);
+  `blocks` the (shape, dtype) of the kernel's VMEM buffers besides the output tiles. Returns
+  the padded `y`, or `(y, z)`.
+  """
+  tile_spec = specs[3]
+  args, in_specs = [], []
+  for operand, spec in zip(operands, specs):
+    if operand is not None:
+      args.append(operand)
+      in_specs.append(spec)
+  flags = (operands[2] is not None, operands[3] is not None, save_preactivation)
+  num_out = 2 if save_preactivation else 1
+  tile = (tile_spec.block_shape[-2:], out_shape.dtype)  # [block_m, block_n]
+  outs = pl.pallas_call(
+      functools.partial(kernel, flags=flags),
+      grid=grid,
+      in_specs=in_specs,
+      out_specs=[tile_spec] * num_out,
+      out_shape=[out_shape] * num_out,
+      compiler_params=_compiler_params(("parallel",) * len(grid),
+                                       blocks + [tile] * (1 + num_out)),
+      interpret=_interpret(interpret),
+  )(*args)
+  return tuple(outs) if save_preactivation else outs[0]
 
 
 # ----------------------------------------------------------------------------------------
@@ -298,44 +358,27 @@ def forward(xs, w, bias, residual, *, taps, m, activation, save_preactivation=Fa
   num_taps, co = w.shape[0], w.shape[3]
   _check_taps(taps, phases)
   out_dtype, dtype = xs.dtype, _compute_dtype(xs.dtype)
-  block_m, m_pad = _row_tiles(m, block_m=block_sizes.block_m, dtype=dtype, interpret=interpret)
+  block_m, m_pad, tile, length = _row_tiles(m, length, taps, block_sizes.block_m, dtype)
   block_n, co_pad = _lane_tiles(co, block_sizes.block_n, interpret)
-  length = max(length, m_pad + max(shift for _, shift in taps))
   xs = _pad(xs.astype(dtype), 3, length)
   w = _pad(w.astype(dtype), 3, co_pad)
   bias = None if bias is None else _pad(bias.astype(jnp.float32), 1, co_pad)[:, None, :]
   residual = _pad(_pad(_as(residual, dtype), 2, m_pad), 3, co_pad)
 
-  tile = (_SQ, _SQ, block_m, block_n)
-  tile_spec = pl.BlockSpec(tile, lambda n, g, j, i: (n, g, i, j))
-  in_specs = [pl.BlockSpec((phases, _SQ, _SQ, length, ci), lambda n, g, j, i: (0, n, g, 0, 0)),
-              pl.BlockSpec((num_taps, _SQ, ci, block_n), lambda n, g, j, i: (0, g, 0, j))]
-  operands = [xs, w]
-  if bias is not None:  # [G, 1, co_pad]: a whole-axis sublane dim of 1
-    in_specs.append(pl.BlockSpec((_SQ, 1, block_n), lambda n, g, j, i: (g, 0, j)))
-    operands.append(bias)
-  if residual is not None:
-    in_specs.append(tile_spec)
-    operands.append(residual)
-  out_shape = jax.ShapeDtypeStruct((batch, groups, m_pad, co_pad), dtype)
-  num_out = 2 if save_preactivation else 1
+  specs = (pl.BlockSpec((phases, _SQ, _SQ, length, ci), lambda n, g, j, i: (0, n, g, 0, 0)),
+           pl.BlockSpec((num_taps, _SQ, ci, block_n), lambda n, g, j, i: (0, g, 0, j)),
+           pl.BlockSpec((_SQ, 1, block_n), lambda n, g, j, i: (g, 0, j)),  # bias [G, 1, Co]
+           pl.BlockSpec((_SQ, _SQ, block_m, block_n), lambda n, g, j, i: (n, g, i, j)))
   blocks = [((phases, length, ci), dtype), ((num_taps, ci, block_n), dtype),
-            ((block_m, block_n), jnp.float32)] + [((block_m, block_n), dtype)] * (1 + num_out)
-  kernel = functools.partial(
-      _forward_kernel, taps=taps, block_m=block_m, activation=activation,
-      precision=_precision(dtype),
-      flags=(bias is not None, residual is not None, save_preactivation))
-  outs = pl.pallas_call(
-      kernel,
+            ((block_m + tile, block_n), jnp.float32)]
+  kernel = functools.partial(_forward_kernel, taps=taps, block_m=block_m, tile=tile,
+                             activation=activation, precision=_precision(dtype))
+  out = _call_forward(
+      kernel, (xs, w, bias, residual), specs,
       grid=(batch, groups, co_pad // block_n, m_pad // block_m),
-      in_specs=in_specs,
-      out_specs=[tile_spec] * num_out,
-      out_shape=[out_shape] * num_out,
-      compiler_params=_compiler_params(("parallel",) * 4, blocks),
-      interpret=_interpret(interpret),
-  )(*operands)
-  outs = [out[:, :, :m, :co].astype(out_dtype) for out in outs]
-  return tuple(outs) if save_preactivation else outs[0]
+      out_shape=jax.ShapeDtypeStruct((batch, groups, m_pad, co_pad), dtype),
+      save_preactivation=save_preactivation, blocks=blocks, interpret=interpret)
+  return jax.tree.map(lambda o: o[:, :, :m, :co].astype(out_dtype), out)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC_GRAD)
@@ -357,9 +400,8 @@ def weight_grad(xs, dz, *, taps, block_sizes=None, interpret=False):
   m, co = dz.shape[2], dz.shape[3]
   _check_taps(taps, phases)
   dtype = _compute_dtype(xs.dtype)
-  block_m, m_pad = _row_tiles(m, block_m=block_sizes.block_m, dtype=dtype, interpret=interpret)
+  block_m, m_pad, tile, length = _row_tiles(m, length, taps, block_sizes.block_m, dtype)
   block_n, co_pad = _lane_tiles(co, block_sizes.block_n, interpret)
-  length = max(length, m_pad + max(shift for _, shift in taps))
   xs = _pad(xs.astype(dtype), 3, length)
   dz = _pad(_pad(dz.astype(dtype), 2, m_pad), 3, co_pad)  # zero rows: no contribution
 
@@ -367,7 +409,7 @@ def weight_grad(xs, dz, *, taps, block_sizes=None, interpret=False):
   blocks = [((phases, length, ci), dtype), ((block_m, block_n), dtype),
             ((num_taps, block_n, ci), jnp.float32)]
   dwt = pl.pallas_call(
-      functools.partial(_weight_grad_kernel, taps=taps, block_m=block_m,
+      functools.partial(_weight_grad_kernel, taps=taps, block_m=block_m, tile=tile,
                         precision=_precision(dtype)),
       grid=(groups, co_pad // block_n, batch, m_pad // block_m),
       in_specs=[
@@ -403,41 +445,27 @@ def depthwise_forward(xs, w, bias, residual, *, taps, m, activation, save_preact
   num_taps = w.shape[0]
   _check_taps(taps, phases)
   out_dtype, dtype = xs.dtype, _compute_dtype(xs.dtype)
-  block_m, m_pad = _row_tiles(m, block_m=block_sizes.block_m, dtype=dtype, interpret=interpret)
+  block_m, m_pad, tile, length = _row_tiles(m, length, taps, block_sizes.block_m, dtype)
   block_c, c_pad = _lane_tiles(c, block_sizes.block_n, interpret)
-  length = max(length, m_pad + max(shift for _, shift in taps))
   xs = _pad(_pad(xs.astype(dtype), 2, length), 3, c_pad)
   w = _pad(w.astype(dtype), 1, c_pad)
   bias = None if bias is None else _pad(bias.astype(jnp.float32), 0, c_pad)[None, :]
   residual = _pad(_pad(_as(residual, dtype), 1, m_pad), 2, c_pad)
 
-  tile_spec = pl.BlockSpec((_SQ, block_m, block_c), lambda n, j, i: (n, i, j))
-  in_specs = [pl.BlockSpec((phases, _SQ, length, block_c), lambda n, j, i: (0, n, 0, j)),
-              pl.BlockSpec((num_taps, block_c), lambda n, j, i: (0, j))]
-  operands = [xs, w]
-  if bias is not None:
-    in_specs.append(pl.BlockSpec((1, block_c), lambda n, j, i: (0, j)))
-    operands.append(bias)
-  if residual is not None:
-    in_specs.append(tile_spec)
-    operands.append(residual)
-  num_out = 2 if save_preactivation else 1
+  specs = (pl.BlockSpec((phases, _SQ, length, block_c), lambda n, j, i: (0, n, 0, j)),
+           pl.BlockSpec((num_taps, block_c), lambda n, j, i: (0, j)),
+           pl.BlockSpec((1, block_c), lambda n, j, i: (0, j)),  # bias [1, C]
+           pl.BlockSpec((_SQ, block_m, block_c), lambda n, j, i: (n, i, j)))
   blocks = [((phases, length, block_c), dtype), ((num_taps, block_c), dtype),
-            ((block_m, block_c), jnp.float32)] + [((block_m, block_c), dtype)] * (1 + num_out)
-  kernel = functools.partial(
-      _depthwise_forward_kernel, taps=taps, block_m=block_m, activation=activation,
-      flags=(bias is not None, residual is not None, save_preactivation))
-  outs = pl.pallas_call(
-      kernel,
+            ((block_m + tile, block_c), jnp.float32)]
+  kernel = functools.partial(_depthwise_forward_kernel, taps=taps, block_m=block_m, tile=tile,
+                             activation=activation)
+  out = _call_forward(
+      kernel, (xs, w, bias, residual), specs,
       grid=(batch, c_pad // block_c, m_pad // block_m),
-      in_specs=in_specs,
-      out_specs=[tile_spec] * num_out,
-      out_shape=[jax.ShapeDtypeStruct((batch, m_pad, c_pad), dtype)] * num_out,
-      compiler_params=_compiler_params(("parallel",) * 3, blocks),
-      interpret=_interpret(interpret),
-  )(*operands)
-  outs = [out[:, :m, :c].astype(out_dtype) for out in outs]
-  return tuple(outs) if save_preactivation else outs[0]
+      out_shape=jax.ShapeDtypeStruct((batch, m_pad, c_pad), dtype),
+      save_preactivation=save_preactivation, blocks=blocks, interpret=interpret)
+  return jax.tree.map(lambda o: o[:, :m, :c].astype(out_dtype), out)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC_GRAD)
@@ -458,9 +486,8 @@ def depthwise_weight_grad(xs, dz, *, taps, block_sizes=None, interpret=False):
   m = dz.shape[1]
   _check_taps(taps, phases)
   dtype = _compute_dtype(xs.dtype)
-  block_m, m_pad = _row_tiles(m, block_m=block_sizes.block_m, dtype=dtype, interpret=interpret)
+  block_m, m_pad, tile, length = _row_tiles(m, length, taps, block_sizes.block_m, dtype)
   block_c, c_pad = _lane_tiles(c, block_sizes.block_n, interpret)
-  length = max(length, m_pad + max(shift for _, shift in taps))
   xs = _pad(_pad(xs.astype(dtype), 2, length), 3, c_pad)
   dz = _pad(_pad(dz.astype(dtype), 1, m_pad), 2, c_pad)  # zero rows: no contribution
 
@@ -468,7 +495,7 @@ def depthwise_weight_grad(xs, dz, *, taps, block_sizes=None, interpret=False):
   blocks = [((phases, length, block_c), dtype), ((block_m, block_c), dtype),
             ((num_taps, block_c), jnp.float32)]
   dw = pl.pallas_call(
-      functools.partial(_depthwise_weight_grad_kernel, taps=taps, block_m=block_m),
+      functools.partial(_depthwise_weight_grad_kernel, taps=taps, block_m=block_m, tile=tile),
       grid=(c_pad // block_c, batch, m_pad // block_m),
       in_specs=[pl.BlockSpec((phases, _SQ, length, block_c), lambda j, n, i: (0, n, 0, j)),
                 pl.BlockSpec((_SQ, block_m, block_c), lambda j, n, i: (n, i, j))],

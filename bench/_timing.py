@@ -50,10 +50,13 @@ def compare(fns: dict, args, reps: int) -> dict:
       compiled.pop(name, None)
       results[name] = {"error": f"{type(error).__name__}: {error}"[:300]}
   times = {name: [] for name in compiled}
-  for _ in range(reps):
-    for name, fn in compiled.items():
+  order = list(compiled)
+  for rep in range(reps):
+    # Rotate the order each round: whichever path runs right after another pays for the
+    # caches that one left behind, so no path should always follow the same one.
+    for name in order[rep % len(order):] + order[:rep % len(order)]:
       start = time.perf_counter()
-      jax.block_until_ready(fn(*args))
+      jax.block_until_ready(compiled[name](*args))
       times[name].append(time.perf_counter() - start)
   for name, samples in times.items():
     results[name].update(median_s=statistics.median(samples), min_s=min(samples),

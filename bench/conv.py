@@ -17,6 +17,8 @@ its stride-2 3x3 and a 1x1 expansion, and the two convs of the MNIST CNN; batche
 bfloat16 convolutions are emulated). TFLOP/s count `2 * N * OH * OW * KH * KW * Cin/G * Cout`
 for the forward and three times that for forward+backward.
 
+`causal_conv1d` (kernel 4, silu) is timed the same way on sequence-model shapes.
+
 The model point, "mnist_cnn_step", times the whole training step (forward, backward,
 AdamW) of `examples/mnist_cnn.py`'s CNN with `conv_impl` "xla", "xla_gemm" and "auto".
 
@@ -130,6 +132,30 @@ def run_model_step(batch: int, reps: int) -> dict:
   return {"layer": "mnist_cnn_step", "batch": batch, "dtype": "float32", "step": results}
 
 
+def run_causal(batch: int, seq: int, channels: int, kernel: int, fused_impl: str,
+               reps: int) -> dict:
+  """`causal_conv1d` (silu, bias) forward and forward+backward, fused vs the reference."""
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(keys[0], (batch, seq, channels))
+  w = jax.random.normal(keys[1], (kernel, channels))
+  b = jax.random.normal(keys[2], (channels,))
+  record = {"layer": f"causal_conv1d_k{kernel}_c{channels}_t{seq}", "batch": batch,
+            "dtype": "float32", "fused_impl": fused_impl}
+  for part, backward in (("fwd", False), ("fwd_bwd", True)):
+    fns = {}
+    for label, impl in (("fused", fused_impl), ("xla", "xla")):
+      fn = functools.partial(kernels.causal_conv1d, activation="silu", impl=impl)
+      if backward:
+        fn = functools.partial(lambda fn, x, w, b: jax.grad(
+            lambda *a: jnp.sum(fn(*a) ** 2), argnums=(0, 1, 2))(x, w, b), fn)
+      fns[label] = fn
+    results = compare(fns, (x, w, b), reps)
+    if all("median_s" in result for result in results.values()):
+      results["speedup"] = results["xla"]["median_s"] / results["fused"]["median_s"]
+    record[part] = results
+  return record
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="a few points, few reps")
@@ -154,6 +180,10 @@ def main(argv=None) -> int:
       for batch in batches:
         records.append(run_layer(name, batch, _DTYPES[dtype], fused_impl, reps))
         print(_row(records[-1]), flush=True)
+  for batch, seq, channels in ([(8, 1024, 256)] if args.quick
+                               else [(32, 1024, 256), (8, 4096, 512)]):
+    records.append(run_causal(batch, seq, channels, 4, fused_impl, reps))
+    print(_row(records[-1]), flush=True)
   for batch in ([64] if args.quick else [64, 128]):
     records.append(run_model_step(batch, reps))
     print(_step_row(records[-1]), flush=True)

@@ -43,7 +43,8 @@ def conv2d(x, w, b=None, *, stride=1, padding="SAME", dilation=1, groups: int = 
     activation: None, "relu", "gelu" (tanh approximation, as `jax.nn.gelu`) or "silu".
     residual: `[batch, out_h, out_w, out_channels]` in `x`'s dtype, added before the
       activation, or None.
-    impl: "auto" (the Pallas kernel on GPU and TPU, the fastest measured path on the CPU),
+    impl: "auto" (the Pallas kernel on GPU and TPU; on the CPU the faster path measured by
+      `bench/conv.py`: "xla", or "xla_gemm" for pointwise 1x1 convolutions),
       "xla" (the reference, `lax.conv_general_dilated` plus the epilogue), "xla_gemm" (the
       kernels' implicit GEMM written in XLA, with the same custom backward), "pallas" (this
       backend's kernel; the GPU kernel in interpret mode on the CPU), "pallas_gpu" or
@@ -83,7 +84,7 @@ def conv2d(x, w, b=None, *, stride=1, padding="SAME", dilation=1, groups: int = 
     raise ValueError(f"residual must be None or {x.dtype} of the output's shape {out_shape}; "
                      f"got residual.shape={getattr(residual, 'shape', None)}, "
                      f"dtype={getattr(residual, 'dtype', None)}")
-  backend, interpret = _resolve(impl)
+  backend, interpret = _resolve(impl, geo)
   if backend == "reference":
     return conv2d_reference(x, w, b, stride=stride, padding=padding, dilation=dilation,
                             groups=groups, activation=activation, residual=residual)
@@ -124,11 +125,11 @@ def causal_conv1d(x, w, b=None, *, activation: str | None = None, impl: str = "a
   return fused_conv2d(x4, w4, b, None, config)[:, 0]
 
 
-def _resolve(impl: str) -> tuple[str, bool]:
+def _resolve(impl: str, geo=None) -> tuple[str, bool]:
   """`impl` -> (backend of the canonical kernels or "reference", interpret mode)."""
   platform = jax.default_backend()
   if impl == "auto":
-    impl = "pallas" if platform in ("gpu", "tpu") else "xla"
+    impl = "pallas" if platform in ("gpu", "tpu") else _cpu_choice(geo)
   if impl == "pallas":
     impl = "pallas_tpu" if platform == "tpu" else "pallas_gpu"
   if impl == "xla":
@@ -137,3 +138,18 @@ def _resolve(impl: str) -> tuple[str, bool]:
     return "xla", False
   kernel_platform = impl.removeprefix("pallas_")
   return kernel_platform, platform != kernel_platform
+
+
+def _cpu_choice(geo) -> str:
+  """The faster CPU path for one convolution, as measured by `bench/conv.py`.
+
+  XLA's own convolution wins the forward nearly everywhere (3-9x on 3x3 layers), and
+  forward+backward on every 3x3 layer (2-3x). A pointwise (1x1, stride 1, unpadded,
+  ungrouped) convolution is a plain matrix product, and there the implicit GEMM trains
+  1.2-2.3x faster (XLA's 1x1 filter gradient is slow on the CPU) for 0.5-0.9x in the
+  forward alone; training is what this library is for, so pointwise convolutions take it.
+  """
+  pointwise = (geo is not None and (geo.kernel_h, geo.kernel_w) == (1, 1)
+               and geo.stride == (1, 1) and geo.groups == 1
+               and geo.padding == ((0, 0), (0, 0)))
+  return "xla_gemm" if pointwise else "xla"

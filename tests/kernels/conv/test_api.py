@@ -91,3 +91,17 @@ def test_auto_on_cpu_matches_reference():
   auto = kernels.conv2d(x, W, b, activation="relu", impl="auto")
   ref = kernels.conv2d(x, W, b, activation="relu", impl="xla")
   np.testing.assert_allclose(np.asarray(auto), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("w_shape,options,expected", [
+    ((1, 1, 4, 6), dict(stride=(1, 1), padding=((0, 0), (0, 0)), groups=1), "xla_gemm"),
+    ((1, 1, 4, 6), dict(stride=(2, 2), padding=((0, 0), (0, 0)), groups=1), "xla"),
+    ((1, 1, 2, 6), dict(stride=(1, 1), padding=((0, 0), (0, 0)), groups=2), "xla"),
+    ((3, 3, 4, 6), dict(stride=(1, 1), padding=((1, 1), (1, 1)), groups=1), "xla"),
+])
+def test_auto_on_cpu_takes_the_measured_path(w_shape, options, expected):
+  from kernels.conv import _cpu_choice
+  from kernels.conv.layout import geometry
+  geo = geometry((2, 8, 8, 4), w_shape, dilation=(1, 1), **options)
+  assert _cpu_choice(geo) == expected
+  assert _cpu_choice(None) == "xla"  # causal_conv1d: the reference measured faster

@@ -154,3 +154,27 @@ def test_random_masks(attention_cases, seed, causal, density):
                          **options)  # [B, 1, Tq, Tk]
   empty = np.asarray(~jnp.any(allowed, axis=-1))[:, 0]  # [B, Tq]
   assert (np.asarray(out)[empty] == 0).all() and (np.asarray(grads[0])[empty] == 0).all()
+
+
+@pytest.mark.parametrize("dtype,head_dim", [(jnp.bfloat16, 128), (jnp.float16, 80),
+                                            (jnp.float32, 64)])
+def test_lowers_for_cuda(attention_cases, dtype, head_dim):
+  """Forward and both backward kernels build Triton IR for a CUDA target, with no GPU.
+
+  Lowering runs the Pallas-to-Triton rules (power-of-two shapes, supported ops, index
+  maps) on the CPU; only the PTX compile that follows needs the hardware.
+  """
+  q, k, v = attention_cases.make_inputs(7, 2, 200, 300, 4, 2, head_dim, dtype)
+  options = attention_cases.make_options(7, 2, 200, 300, 4, "all")
+  q_seg, kv_seg = options.pop("segment_ids")
+
+  def loss(q, k, v):
+    out = attention_gpu(q, k, v, causal=True, mask=options["mask"],
+                        q_lengths=options["q_lengths"], kv_lengths=options["kv_lengths"],
+                        q_segment_ids=q_seg, kv_segment_ids=kv_seg, scale=0.1,
+                        block_sizes=None, interpret=False)
+    return jnp.sum(out.astype(jnp.float32))
+
+  text = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, k, v).lower(
+      lowering_platforms=("cuda",)).as_text()
+  assert text.count("__gpu$xla.gpu.triton") == 3  # forward, dq, dk/dv

@@ -22,8 +22,11 @@ class FitConfig:
     seed: the one seed of the run: split, shuffling, init and dropout derive from it.
     val_fraction: share of the examples held out for validation when `fit` splits arrays.
     test_fraction: share held out for the final test when `fit` splits arrays.
-    loss: "cross_entropy" or "mse".
+    loss: "cross_entropy", "mse" or "distillation" (targets `(labels, teacher_logits)`;
+      see `Objective`).
     label_smoothing: cross-entropy label smoothing.
+    distill_temperature: the distillation temperature (loss="distillation").
+    distill_alpha: the distillation term's weight in [0, 1] (loss="distillation").
     l1: L1 penalty coefficient.
     l2: coupled L2 penalty coefficient.
     patience: stop after this many epochs without improvement of `monitor`; None: never.
@@ -45,6 +48,8 @@ class FitConfig:
   test_fraction: float = 0.1
   loss: str = "cross_entropy"
   label_smoothing: float = 0.0
+  distill_temperature: float = 4.0
+  distill_alpha: float = 0.5
   l1: float = 0.0
   l2: float = 0.0
   patience: int | None = None
@@ -76,6 +81,11 @@ class FitConfig:
                        f"{self.val_fraction} + {self.test_fraction}")
     if self.loss not in LOSSES:
       raise ValueError(f"FitConfig.loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
+    if not self.distill_temperature > 0:
+      raise ValueError(f"FitConfig.distill_temperature must be > 0; got "
+                       f"{self.distill_temperature}")
+    if not 0.0 <= self.distill_alpha <= 1.0:
+      raise ValueError(f"FitConfig.distill_alpha must be in [0, 1]; got {self.distill_alpha}")
     if self.monitor not in MONITORS:
       raise ValueError(f"FitConfig.monitor must be one of {', '.join(MONITORS)}; "
                        f"got {self.monitor!r}")

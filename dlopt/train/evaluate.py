@@ -16,8 +16,8 @@ def evaluate(state, x: np.ndarray, y: np.ndarray, *, eval_step, batch_size: int,
 
   Args:
     state: a `TrainState`.
-    x: inputs [N, ...].
-    y: labels [N] / [N, C] or targets [N, ...].
+    x: inputs [N, ...], or a tuple of them (the model's positional inputs).
+    y: labels [N] / [N, C] or targets [N, ...] (or a tuple, e.g. a distillation pair).
     eval_step: a jitted `dlopt.train.eval_step` bound to the objective.
     batch_size: examples per eval step; the last batch is padded with weight 0.
     is_classification: whether to report accuracy and F1 from the confusion matrix.
@@ -26,19 +26,19 @@ def evaluate(state, x: np.ndarray, y: np.ndarray, *, eval_step, batch_size: int,
     `loss`, and for classification `accuracy`, `macro_precision`, `macro_recall`,
     `macro_f1` and `per_class_f1`, as Python floats (lists for per-class values).
   """
-  n = len(x)
+  n = len(jax.tree.leaves(x)[0])
   if n == 0:
     return {}
   batch_size = min(batch_size, n)
   totals = None
   for start in range(0, n, batch_size):
-    xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+    xb, yb = jax.tree.map(lambda a: a[start:start + batch_size], (x, y))
+    real = min(batch_size, n - start)
     weights = np.ones(batch_size, np.float32)
-    if len(xb) < batch_size:
-      pad = batch_size - len(xb)
-      weights[len(xb):] = 0.0
-      xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
-      yb = np.concatenate([yb, np.repeat(yb[-1:], pad, axis=0)])
+    if real < batch_size:  # pad with copies of the last example, weighted 0
+      weights[real:] = 0.0
+      xb, yb = jax.tree.map(
+          lambda a: np.concatenate([a, np.repeat(a[-1:], batch_size - real, axis=0)]), (xb, yb))
     sums = eval_step(state, (xb, yb), weights)
     totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
   totals = jax.device_get(totals)
@@ -46,7 +46,8 @@ def evaluate(state, x: np.ndarray, y: np.ndarray, *, eval_step, batch_size: int,
   if is_classification:
     confusion = totals["confusion"]
     scores = metrics.precision_recall_f1(confusion)
-    result["accuracy"] = float(np.trace(confusion) / totals["count"])
+    # Out of the confusion matrix's own total: sequence models count positions, not examples.
+    result["accuracy"] = float(np.trace(confusion) / max(np.sum(confusion), 1))
     for key in ("macro_precision", "macro_recall", "macro_f1"):
       result[key] = float(scores[key])
     result["per_class_f1"] = [float(v) for v in np.asarray(scores["f1"])]

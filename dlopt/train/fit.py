@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from tqdm.auto import tqdm
 
 from dlopt.data import BatchIterator, Splits, train_val_test_split
@@ -37,7 +38,7 @@ from dlopt.train.evaluate import evaluate
 from dlopt.train.interrupt import StopRequest, stop_on_interrupt
 from dlopt.train.objective import Objective
 from dlopt.train.state import TrainState, create_train_state
-from dlopt.train.steps import make_eval_step, make_train_step
+from dlopt.train.steps import make_eval_step, make_train_step, model_args
 
 __all__ = ["fit", "FitResult", "NonFiniteLossError"]
 
@@ -68,7 +69,8 @@ class FitResult(NamedTuple):
 def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerConfig(),
         config: FitConfig = FitConfig(), val_data: tuple | None = None,
         test_data: tuple | None = None, workdir: str | Path | None = None,
-        resume: bool = False) -> FitResult:
+        resume: bool = False, augment=None, init_variables: dict | None = None,
+        post_transform: optax.GradientTransformation | None = None) -> FitResult:
   """Trains `model` on `data`.
 
   Args:
@@ -77,7 +79,9 @@ def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerCo
     data: `(x, y)` numpy arrays (split into train/val/test by `config`'s fractions and
       seed, stratified for classification); a `dlopt.data.Splits`; or the training batches
       alone as a `dlopt.data.BatchIterator` or any re-iterable with `len()` yielding
-      `(x, y)` batches, with `val_data` / `test_data` given apart.
+      `(x, y)` batches, with `val_data` / `test_data` given apart. `x` may be a tuple of
+      arrays, the model's positional inputs (e.g. `(features, lengths)`); `y` may be a
+      tuple too (`(labels, teacher_logits)` for loss="distillation").
     optimizer: the optimizer, schedule, weight decay, clipping, accumulation and EMA.
     config: the loop's settings.
     val_data: `(x, y)` arrays for validation, when `data` holds training data only.
@@ -87,6 +91,12 @@ def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerCo
     resume: continue from the newest checkpoint in `workdir` (bit-exact on the same
       machine). Without it, a `workdir` that already holds checkpoints is an error, so
       that nothing saved is overwritten.
+    augment: None, or a jittable `(key, x) -> x` run on the device on every training
+      batch (e.g. `functools.partial(dlopt.data.augment, config=AugmentConfig(...))`).
+    init_variables: start from these variables (`{"params": ..., "batch_stats": ...}`,
+      e.g. a trained model to fine-tune) instead of a fresh initialization.
+    post_transform: an optax transformation chained after the optimizer (e.g.
+      `dlopt.compress.keep_masked(masks)`, so that pruned weights stay zero).
 
   Returns:
     A `FitResult`.
@@ -100,22 +110,28 @@ def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerCo
     raise ValueError(f"optimizer must be a dlopt.optim.OptimizerConfig; got {type(optimizer)}")
   if not isinstance(config, FitConfig):
     raise ValueError(f"config must be a dlopt.train.FitConfig; got {type(config)}")
-  objective = Objective(config.loss, config.label_smoothing, config.l1, config.l2)
+  objective = Objective(config.loss, config.label_smoothing, config.l1, config.l2,
+                        config.distill_temperature, config.distill_alpha)
   train, val, test = _resolve_data(data, val_data, test_data, config, objective)
   steps_per_epoch = len(train)
   total_steps = config.epochs * steps_per_epoch
   tx = make_optimizer(optimizer, total_steps=total_steps)
+  if post_transform is not None:
+    tx = optax.chain(tx, post_transform)
   schedule = make_schedule(optimizer, num_updates(optimizer, total_steps))
   sample_x = _sample_inputs(train)
   try:
     state = create_train_state(model, tx, sample_x, seed=config.seed,
                                ema=optimizer.ema_decay is not None)
   except ValueError as error:
+    shapes = jax.tree.map(lambda leaf: leaf.shape[1:], sample_x)
     raise ValueError(f"the model does not take the training inputs (one example of shape "
-                     f"{sample_x.shape[1:]}): {error}") from error
+                     f"{shapes}): {error}") from error
+  if init_variables is not None:
+    state = _with_variables(state, init_variables)
   num_classes = _check_model_outputs(state, sample_x, train, val, test, objective)
 
-  train_step = make_train_step(objective, optimizer.ema_decay)
+  train_step = make_train_step(objective, optimizer.ema_decay, augment)
   eval_step = make_eval_step(objective, num_classes)
   run = _Run(config, objective, eval_step, schedule, optimizer)
   keeps_best = config.patience is not None and config.restore_best and val is not None
@@ -300,7 +316,7 @@ def _flush(pending: list, sums: dict, checkpointer, keep: int = 0) -> None:
 
 
 def _epoch_batches(train, epoch: int, start_step: int) -> Iterable:
-  if isinstance(train, BatchIterator):
+  if isinstance(train, (BatchIterator, _TreeBatches)):
     return train.epoch(epoch, start_step)
   iterator = iter(train)
   for _ in range(start_step):
@@ -316,25 +332,61 @@ def _best_tree(state: TrainState) -> dict:
   return jax.tree.map(lambda leaf: np.array(leaf, copy=True), tree)
 
 
-def _sample_inputs(train) -> np.ndarray:
+def _with_variables(state: TrainState, variables: dict) -> TrainState:
+  """The state started from `variables` instead of its own init (structures must match)."""
+  variables = dict(variables)
+  params = variables.pop("params", None)
+  fresh = {"params": state.params, **state.model_state}
+  given = {"params": params, **variables}
+  if jax.tree.structure(fresh) != jax.tree.structure(given) or any(
+      a.shape != b.shape for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(given))):
+    raise ValueError("init_variables must have the model's variable structure and shapes; "
+                     f"got {jax.tree.map(np.shape, given)}, the model has "
+                     f"{jax.tree.map(np.shape, fresh)}")
+  # Copies: the train step donates the state's buffers, which must not be the caller's.
+  params = jax.tree.map(lambda new, old: jnp.array(new, old.dtype, copy=True), params,
+                        state.params)
+  model_state = jax.tree.map(lambda leaf: jnp.array(leaf, copy=True), variables)
+  return state.replace(params=params, opt_state=state.tx.init(params), model_state=model_state,
+                       ema_params=None if state.ema_params is None
+                       else jax.tree.map(jnp.copy, params))
+
+
+def _sample_inputs(train):
+  """One example's inputs (an array, or a tuple of arrays), batch dim kept."""
+  if isinstance(train, _TreeBatches):
+    return jax.tree.map(lambda a: a[:1], train.inputs)
   if isinstance(train, BatchIterator):
     return train.arrays[0][:1]
   x, _ = next(iter(train))
-  return np.asarray(x)[:1]
+  return jax.tree.map(lambda a: np.asarray(a)[:1], x)
+
+
+class _TreeBatches:
+  """Batches of `(x, y)` where either may be a tuple of arrays, over one BatchIterator."""
+
+  def __init__(self, x, y, batch_size: int, seed: int):
+    self.inputs, self.targets = x, y
+    leaves, self.treedef = jax.tree.flatten((x, y))
+    self.iterator = BatchIterator(tuple(leaves), batch_size, seed=seed)
+
+  def __len__(self) -> int:
+    return len(self.iterator)
+
+  def epoch(self, epoch: int, start_step: int = 0):
+    return (jax.tree.unflatten(self.treedef, batch)
+            for batch in self.iterator.epoch(epoch, start_step))
 
 
 def _resolve_data(data, val_data, test_data, config: FitConfig, objective: Objective):
   """Returns (train batches, val split or None, test split or None)."""
   if isinstance(data, Splits):
     parts = [tuple(data.train), tuple(data.val), tuple(data.test)]
-  elif isinstance(data, tuple) and len(data) == 2 and all(hasattr(a, "shape") for a in data):
-    x, y = (np.asarray(a) for a in data)
+  elif _is_pair_of_arrays(data):
+    x, y = jax.tree.map(np.asarray, data)
     _check_pair(x, y, "data", objective)
     if val_data is None and test_data is None:
-      parts = list(train_val_test_split(
-          x, y, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
-          seed=config.seed, stratify=objective.is_classification))
-      parts = [tuple(p) for p in parts]
+      parts = _split(x, y, config, objective)
     else:
       parts = [(x, y), val_data, test_data]
   elif hasattr(data, "__iter__") and hasattr(data, "__len__"):
@@ -345,54 +397,97 @@ def _resolve_data(data, val_data, test_data, config: FitConfig, objective: Objec
   train, val, test = parts
   for name, part in (("val_data", val), ("test_data", test)):
     if part is not None:
-      _check_pair(*map(np.asarray, part), name, objective)
-  val = None if val is None or len(val[0]) == 0 else tuple(map(np.asarray, val))
-  test = None if test is None or len(test[0]) == 0 else tuple(map(np.asarray, test))
+      _check_pair(*jax.tree.map(np.asarray, tuple(part)), name, objective)
+  val = None if val is None or _num_examples(val[0]) == 0 else jax.tree.map(np.asarray,
+                                                                           tuple(val))
+  test = None if test is None or _num_examples(test[0]) == 0 else jax.tree.map(np.asarray,
+                                                                              tuple(test))
   if isinstance(train, tuple):
-    train = BatchIterator(train, config.batch_size, seed=config.seed)
+    train = _TreeBatches(*train, config.batch_size, config.seed)
   if len(train) == 0:
     raise ValueError("data holds no full training batch of "
                      f"batch_size={config.batch_size}")
   return train, val, test
 
 
-def _check_pair(x: np.ndarray, y: np.ndarray, name: str, objective: Objective) -> None:
-  if x.ndim < 1 or y.ndim < 1 or len(x) != len(y):
-    raise ValueError(f"{name}: x and y must have the same number of examples; got "
-                     f"x.shape={x.shape} and y.shape={y.shape}")
-  if not np.issubdtype(x.dtype, np.number):
-    raise ValueError(f"{name}: x must be numeric; got dtype {x.dtype}")
+def _is_array_or_tuple(value) -> bool:
+  if isinstance(value, tuple):
+    return len(value) > 0 and all(hasattr(a, "shape") for a in value)
+  return hasattr(value, "shape")
+
+
+def _is_pair_of_arrays(data) -> bool:
+  """`(x, y)` where each is an array or a tuple of arrays."""
+  return (isinstance(data, tuple) and len(data) == 2
+          and all(_is_array_or_tuple(part) for part in data))
+
+
+def _num_examples(tree) -> int:
+  return len(jax.tree.leaves(tree)[0])
+
+
+def _split(x, y, config: FitConfig, objective: Objective) -> list:
+  """Train/val/test parts of `(x, y)` (pytrees of arrays), stratified by class ids."""
+  n = _num_examples(x)
+  labels = np.asarray(objective.labels(y)) if objective.is_classification else None
+  if labels is not None and labels.ndim == 2 and np.issubdtype(labels.dtype, np.floating):
+    labels = np.argmax(labels, axis=-1)  # one-hot rows
+  stratify = labels is not None and labels.ndim == 1  # not sequence labels [N, T]
+  splits = train_val_test_split(
+      np.arange(n), labels if stratify else np.zeros(n, np.int32),
+      val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed,
+      stratify=stratify)
+  return [jax.tree.map(lambda a, part=part: a[part.x], (x, y)) for part in splits]
+
+
+def _check_pair(x, y, name: str, objective: Objective) -> None:
+  """Checks `(x, y)` (each an array or a tuple of arrays) before anything is traced."""
+  n = _num_examples(x)
+  for label, tree in (("x", x), ("y", y)):
+    for leaf in jax.tree.leaves(tree):
+      if leaf.ndim < 1 or len(leaf) != n:
+        raise ValueError(f"{name}: x and y must have the same number of examples; got "
+                         f"x shapes {jax.tree.map(np.shape, x)} and y shapes "
+                         f"{jax.tree.map(np.shape, y)}")
+      if label == "x" and not np.issubdtype(leaf.dtype, np.number):
+        raise ValueError(f"{name}: x must be numeric; got dtype {leaf.dtype}")
+      if (label == "x" and np.issubdtype(leaf.dtype, np.floating)
+          and not np.all(np.isfinite(leaf))):
+        raise ValueError(f"{name}: x holds NaN or infinite values")
+  if objective.loss == "distillation" and not (isinstance(y, tuple) and len(y) == 2):
+    raise ValueError(f"{name}: loss='distillation' needs targets (labels [N], teacher_logits "
+                     f"[N, C]); got y shapes {jax.tree.map(np.shape, y)}")
   if objective.is_classification:
-    if y.ndim == 1 and not np.issubdtype(y.dtype, np.integer):
+    labels = objective.labels(y)
+    if labels.ndim == 1 and not np.issubdtype(labels.dtype, np.integer):
       raise ValueError(f"{name}: labels y for cross_entropy must be integer class ids [N] or "
-                       f"one-hot [N, C]; got y.dtype={y.dtype}, y.shape={y.shape}")
-    if y.ndim > 2:
-      raise ValueError(f"{name}: labels y must be [N] or [N, C]; got y.shape={y.shape}")
-  if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
-    raise ValueError(f"{name}: x holds NaN or infinite values")
+                       f"one-hot [N, C]; got y.dtype={labels.dtype}, y.shape={labels.shape}")
 
 
 def _check_model_outputs(state: TrainState, sample_x, train, val, test, objective) -> int | None:
   """Checks labels against the model's output; returns the number of classes (or None)."""
   variables = {"params": state.params, **state.model_state}
-  out = jax.eval_shape(lambda v, x: state.apply_fn(v, x, train=False), variables, sample_x)
+  out = jax.eval_shape(lambda v, x: state.apply_fn(v, *model_args(x), train=False), variables,
+                       sample_x)
   if not objective.is_classification:
     return None
-  if len(out.shape) != 2:
-    raise ValueError(f"cross_entropy needs model outputs [batch, classes]; the model gives "
-                     f"shape {out.shape}")
-  num_classes = out.shape[1]
+  if len(out.shape) < 2:
+    raise ValueError(f"{objective.loss} needs model outputs [batch, classes] (or [batch, "
+                     f"..., classes]); the model gives shape {out.shape}")
+  num_classes = out.shape[-1]
   splits = [("val_data", val), ("test_data", test)]
-  if isinstance(train, BatchIterator):
+  if isinstance(train, _TreeBatches):
+    splits.insert(0, ("data", (train.inputs, train.targets)))
+  elif isinstance(train, BatchIterator):
     splits.insert(0, ("data", train.arrays))
   for name, split in splits:
     if split is None:
       continue
-    y = np.asarray(split[1])
-    if y.ndim == 2 and y.shape[1] != num_classes:
-      raise ValueError(f"{name}: one-hot labels have {y.shape[1]} classes but the model "
+    y = np.asarray(objective.labels(split[1]))
+    if y.ndim == len(out.shape) and y.shape[-1] != num_classes:
+      raise ValueError(f"{name}: one-hot labels have {y.shape[-1]} classes but the model "
                        f"outputs {num_classes}")
-    if y.ndim == 1 and len(y) and (y.min() < 0 or y.max() >= num_classes):
+    if y.ndim == len(out.shape) - 1 and y.size and (y.min() < 0 or y.max() >= num_classes):
       raise ValueError(f"{name}: labels must be in [0, {num_classes}) for a model with "
                        f"{num_classes} outputs; got labels in [{y.min()}, {y.max()}]")
   return num_classes

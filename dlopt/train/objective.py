@@ -12,7 +12,7 @@ from dlopt import losses, metrics
 
 __all__ = ["Objective", "LOSSES"]
 
-LOSSES = ("cross_entropy", "mse")
+LOSSES = ("cross_entropy", "mse", "distillation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,23 +21,34 @@ class Objective:
 
   Attributes:
     loss: "cross_entropy" (classification: logits [B, C], integer labels [B] or one-hot
-      [B, C]) or "mse" (regression: predictions and targets [B, ...]).
+      [B, C]; sequence models: logits [B, T, C] with labels [B, T]), "mse" (regression:
+      predictions and targets [B, ...]) or "distillation" (targets are pairs
+      `(labels [B], teacher_logits [B, C])`: `alpha * T^2 KL(teacher/T || student/T) +
+      (1 - alpha) * cross_entropy(labels)`, Hinton et al. 2015).
     label_smoothing: cross-entropy label smoothing in [0, 1).
     l1: coefficient of `dlopt.losses.l1_penalty(params)` added to the loss.
     l2: coefficient of `dlopt.losses.l2_penalty(params)` (coupled L2; for decoupled decay
       use `OptimizerConfig.weight_decay`).
+    temperature: the distillation temperature T > 0.
+    alpha: the distillation loss's weight in [0, 1] (the hard-label loss gets 1 - alpha).
   """
 
   loss: str = "cross_entropy"
   label_smoothing: float = 0.0
   l1: float = 0.0
   l2: float = 0.0
+  temperature: float = 4.0
+  alpha: float = 0.5
 
   def __post_init__(self):
     if self.loss not in LOSSES:
       raise ValueError(f"Objective.loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
-    if self.loss != "cross_entropy" and self.label_smoothing:
-      raise ValueError("Objective.label_smoothing applies only to loss='cross_entropy'; "
+    if not self.temperature > 0:
+      raise ValueError(f"Objective.temperature must be > 0; got {self.temperature}")
+    if not 0.0 <= self.alpha <= 1.0:
+      raise ValueError(f"Objective.alpha must be in [0, 1]; got {self.alpha}")
+    if self.loss == "mse" and self.label_smoothing:
+      raise ValueError("Objective.label_smoothing applies only to classification losses; "
                        f"got label_smoothing={self.label_smoothing} with loss={self.loss!r}")
     if not 0.0 <= self.label_smoothing < 1.0:
       raise ValueError(f"Objective.label_smoothing must be in [0, 1); got {self.label_smoothing}")
@@ -47,14 +58,27 @@ class Objective:
 
   @property
   def is_classification(self) -> bool:
-    return self.loss == "cross_entropy"
+    return self.loss in ("cross_entropy", "distillation")
 
-  def data_loss(self, outputs: jax.Array, targets: jax.Array, weights=None) -> jax.Array:
-    """The weighted mean data loss of a batch (float32 scalar)."""
-    if self.is_classification:
-      return losses.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing,
-                                  weights=weights)
-    return losses.mse(outputs, targets, weights=weights)
+  def labels(self, targets):
+    """The hard labels in `targets` (the first of a distillation pair)."""
+    return targets[0] if self.loss == "distillation" else targets
+
+  def data_loss(self, outputs: jax.Array, targets, weights=None) -> jax.Array:
+    """The weighted mean data loss of a batch (float32 scalar).
+
+    `weights` are per example, `[B]`; for sequence outputs `[B, T, C]` they weigh every
+    position of an example alike.
+    """
+    if not self.is_classification:
+      return losses.mse(outputs, targets, weights=weights)
+    per_example = losses.per_example_cross_entropy(
+        outputs, self.labels(targets), label_smoothing=self.label_smoothing)
+    if self.loss == "distillation":
+      soft = losses.per_example_distillation_loss(
+          outputs, jax.lax.stop_gradient(targets[1]), temperature=self.temperature)
+      per_example = self.alpha * soft + (1.0 - self.alpha) * per_example
+    return losses.weighted_mean(per_example, _per_position(weights, per_example.shape))
 
   def penalty(self, params: Any) -> jax.Array:
     """The parameter penalty `l1 * |w|_1 + l2 * 0.5 |w|^2` (float32 scalar)."""
@@ -69,5 +93,16 @@ class Objective:
     """Per-batch metrics logged during training: loss, and accuracy for classification."""
     result = {"loss": self.data_loss(outputs, targets, weights)}
     if self.is_classification:
-      result["accuracy"] = metrics.accuracy(outputs, targets, weights)
+      labels = self.labels(targets)
+      result["accuracy"] = metrics.accuracy(
+          outputs, labels, _per_position(weights, outputs.shape[:-1]))
     return result
+
+
+def _per_position(weights, shape):
+  """Per-example weights `[B]` broadcast to per-position `shape` `[B, ...]` (None stays)."""
+  if weights is None:
+    return None
+  weights = jnp.asarray(weights)
+  return jnp.broadcast_to(weights.reshape(weights.shape + (1,) * (len(shape) - weights.ndim)),
+                          shape)

@@ -67,7 +67,8 @@ def create_train_state(
   Args:
     model: a Flax Linen module whose `__call__` takes `(x, *, train)`.
     tx: the optax transformation (e.g. from `dlopt.optim.make_optimizer`).
-    sample_x: an input batch (any batch size) with the shape and dtype of real inputs.
+    sample_x: an input batch (any batch size) with the shape and dtype of real inputs, or
+      a tuple of them (the model's positional inputs, e.g. `(features, lengths)`).
     seed: the run's seed; parameter init and every later dropout key derive from it.
     ema: keep an exponential moving average of the parameters for evaluation.
 
@@ -76,7 +77,9 @@ def create_train_state(
   """
   init_key, dropout_key, run_key = jax.random.split(jax.random.PRNGKey(seed), 3)
   init = jax.jit(functools.partial(model.init, train=False))  # one compile, not one per op
-  variables = init({"params": init_key, "dropout": dropout_key}, jnp.asarray(sample_x[:1]))
+  first = jax.tree.map(lambda leaf: jnp.asarray(leaf[:1]), sample_x)
+  inputs = first if isinstance(first, tuple) else (first,)  # a tuple: positional inputs
+  variables = init({"params": init_key, "dropout": dropout_key}, *inputs)
   variables = dict(variables)
   params = variables.pop("params")
   return TrainState(

@@ -18,29 +18,38 @@ from dlopt.optim import ema_update
 from dlopt.train.objective import Objective
 from dlopt.train.state import TrainState
 
-__all__ = ["train_step", "eval_step", "make_train_step", "make_eval_step"]
+__all__ = ["train_step", "eval_step", "make_train_step", "make_eval_step", "model_args"]
+
+
+def model_args(x) -> tuple:
+  """The model's positional inputs: a tuple `x` (e.g. `(features, lengths)`) is unpacked."""
+  return x if isinstance(x, tuple) else (x,)
 
 
 def _apply(state: TrainState, params, x, *, train: bool, rng=None):
   """Runs the model; returns (outputs, new model state)."""
   variables = {"params": params, **state.model_state}
   if train and state.model_state:
-    return state.apply_fn(variables, x, train=True, rngs={"dropout": rng},
+    return state.apply_fn(variables, *model_args(x), train=True, rngs={"dropout": rng},
                           mutable=list(state.model_state))
   rngs = {"dropout": rng} if train else None
-  return state.apply_fn(variables, x, train=train, rngs=rngs), state.model_state
+  return state.apply_fn(variables, *model_args(x), train=train, rngs=rngs), state.model_state
 
 
-def train_step(state: TrainState, batch: tuple[jax.Array, jax.Array], *,
-               objective: Objective, ema_decay: float | None = None
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(state: TrainState, batch: tuple[Any, Any], *,
+               objective: Objective, ema_decay: float | None = None,
+               augment=None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on one batch.
 
   Args:
     state: the current `TrainState`.
-    batch: `(x, y)`: inputs [B, ...] and labels [B] (int) / [B, C] (one-hot) or targets.
+    batch: `(x, y)`: inputs [B, ...] (or a tuple of them, the model's positional
+      arguments) and labels [B] (int) / [B, C] (one-hot) or targets (or the pair a
+      distillation objective takes).
     objective: the loss and penalties.
     ema_decay: decay of the parameter EMA, when `state.ema_params` is kept.
+    augment: None, or a jittable `(key, x) -> x` applied to the inputs on the device
+      (e.g. `dlopt.data.augment` with a config); its key derives from the state's.
 
   Returns:
     The new state and float32 scalar metrics: `loss` (data loss), `accuracy` for
@@ -48,6 +57,9 @@ def train_step(state: TrainState, batch: tuple[jax.Array, jax.Array], *,
   """
   x, y = batch
   dropout_rng = jax.random.fold_in(state.rng, state.step)
+  if augment is not None:
+    # A stream apart from dropout's: fold the step into a key split off the run key.
+    x = augment(jax.random.fold_in(jax.random.split(state.rng)[1], state.step), x)
 
   def loss_fn(params):
     outputs, model_state = _apply(state, params, x, train=True, rng=dropout_rng)
@@ -90,16 +102,22 @@ def eval_step(state: TrainState, batch: tuple[jax.Array, jax.Array], weights: ja
   count = jnp.sum(weights)
   sums = {"loss_sum": objective.data_loss(outputs, y, weights) * count, "count": count}
   if objective.is_classification:
-    labels = y if y.ndim == 1 else jnp.argmax(y, axis=-1)
-    sums["confusion"] = metrics.confusion_matrix(jnp.argmax(outputs, axis=-1), labels,
-                                                 num_classes, weights)
+    labels = objective.labels(y)
+    if labels.ndim == outputs.ndim:  # one-hot
+      labels = jnp.argmax(labels, axis=-1)
+    # Sequence outputs [B, T, C] count every position: flatten, weights per position.
+    predictions = jnp.argmax(outputs, axis=-1)
+    position_weights = jnp.broadcast_to(
+        weights.reshape(weights.shape + (1,) * (labels.ndim - 1)), labels.shape)
+    sums["confusion"] = metrics.confusion_matrix(predictions.reshape(-1), labels.reshape(-1),
+                                                 num_classes, position_weights.reshape(-1))
   return sums
 
 
-def make_train_step(objective: Objective, ema_decay: float | None = None):
-  """`train_step` bound to an objective, jitted with the state donated."""
-  return jax.jit(functools.partial(train_step, objective=objective, ema_decay=ema_decay),
-                 donate_argnums=0)
+def make_train_step(objective: Objective, ema_decay: float | None = None, augment=None):
+  """`train_step` bound to an objective (and augmentation), jitted with the state donated."""
+  return jax.jit(functools.partial(train_step, objective=objective, ema_decay=ema_decay,
+                                   augment=augment), donate_argnums=0)
 
 
 def make_eval_step(objective: Objective, num_classes: int | None = None):

@@ -1,0 +1,82 @@
+"""What every example trainer shares: run flags, `--tiny` overrides, a clean fit, a summary.
+
+An example is a thin script: it declares its configs, loads its data and calls these.
+
+>>> from dlopt.cli import ConfigParser
+>>> parser = ConfigParser("demo")
+>>> add_run_flags(parser, "demo", tiny_help="a smoke run")
+>>> extras = parser.parse(["--tiny"]).extras
+>>> extras.tiny, extras.resume, extras.workdir
+(True, False, None)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from dlopt.cli import ConfigParser
+from dlopt.models import count_params
+from dlopt.train import FitResult, fit
+
+__all__ = ["add_run_flags", "unless_given", "run_directory", "run_fit", "write_summary",
+           "fit_summary"]
+
+
+def add_run_flags(parser: ConfigParser, name: str, *, tiny_help: str) -> None:
+  """Adds `--workdir`, `--resume` and `--tiny` to an example's parser."""
+  parser.add_argument("--workdir", type=Path, default=None,
+                      help=f"run directory (default: a new runs/{name}-<time>)")
+  parser.add_argument("--resume", action="store_true",
+                      help="continue the run in --workdir from its newest checkpoint")
+  parser.add_argument("--tiny", action="store_true", help=f"smoke run: {tiny_help}")
+
+
+def unless_given(config, overrides: dict, group: str, given: frozenset):
+  """`config` with the `--tiny` `overrides` applied to the fields not set on the command line."""
+  return dataclasses.replace(config, **{k: v for k, v in overrides.items()
+                                        if f"{group}.{k}" not in given})
+
+
+def run_directory(parser: ConfigParser, name: str, extras) -> Path:
+  """The run directory: `--workdir`, or a new `runs/<name>-<time>`; checks `--resume`."""
+  if extras.resume and extras.workdir is None:
+    parser.error("--resume needs --workdir: the run directory to continue")
+  return extras.workdir or Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S")
+
+
+def run_fit(parser: ConfigParser, model, data, *, workdir: Path, resume: bool = False,
+            **fit_kwargs) -> tuple[FitResult, float]:
+  """`dlopt.train.fit` as a script runs it: bad configs exit with one clear line (code 2),
+  Ctrl-C exits with code 130 and says how to resume. Returns `(result, seconds)`."""
+  started = time.perf_counter()
+  try:
+    result = fit(model, data, workdir=workdir, resume=resume, **fit_kwargs)
+  except KeyboardInterrupt:
+    print(f"\ninterrupted; continue with: python {sys.argv[0]} --workdir {workdir} --resume",
+          file=sys.stderr)
+    raise SystemExit(130) from None
+  except ValueError as error:
+    parser.error(str(error))
+  return result, time.perf_counter() - started
+
+
+def fit_summary(result: FitResult, seconds: float) -> dict[str, Any]:
+  """Test metrics, epochs, steps, parameter count and time of a finished run."""
+  test = result.test_metrics or {}
+  summary = {f"test_{k}": v for k, v in test.items() if k != "per_class_f1"}
+  summary.update(epochs=len(result.history), steps=int(result.state.step),
+                 parameters=count_params(result.state.params), seconds=round(seconds, 1))
+  return summary
+
+
+def write_summary(workdir: Path, summary: dict[str, Any]) -> None:
+  """Adds `summary` to the run's `final_metrics.json` (written by fit) under "summary"."""
+  path = Path(workdir) / "final_metrics.json"
+  final = json.loads(path.read_text()) if path.exists() else {}
+  final["summary"] = summary
+  path.write_text(json.dumps(final, indent=2) + "\n")

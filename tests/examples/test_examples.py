@@ -1,0 +1,49 @@
+"""Every example trainer, as a user runs it: --help, a bad flag, and its --tiny smoke run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ["mlp_digits", "linear_regression"]
+
+
+def _load(name: str):
+  spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_help_and_bad_flags(name, capsys):
+  example = _load(name)
+  with pytest.raises(SystemExit) as exit_info:
+    example.main(["--help"])
+  assert exit_info.value.code == 0
+  assert "--tiny" in capsys.readouterr().out
+  with pytest.raises(SystemExit) as exit_info:
+    example.main(["--epochs", "0"])
+  assert exit_info.value.code == 2
+  assert "--epochs must be an integer >= 1; got 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_tiny_run_writes_its_run_directory(name, tmp_path):
+  workdir = tmp_path / "run"
+  assert _load(name).main(["--tiny", "--workdir", str(workdir), "--progress", "false"]) == 0
+  summary = json.loads((workdir / "final_metrics.json").read_text())["summary"]
+  assert summary
+  assert list(workdir.rglob("metrics.jsonl")) and list(workdir.rglob("*.png"))
+
+
+def test_linear_regression_rejects_bad_rates(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    _load("linear_regression").main(["--sgd-lr", "-1"])
+  assert exit_info.value.code == 2
+  assert "--sgd-lr must be > 0; got -1.0" in capsys.readouterr().err

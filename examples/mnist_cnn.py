@@ -10,17 +10,15 @@ directory gets config.json, metrics.jsonl, curves.png, checkpoints/ and final_me
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import sys
-import time
-from pathlib import Path
 
 from dlopt.cli import ConfigParser
 from dlopt.data import load_mnist_subset
-from dlopt.models import CNN, count_params
+from dlopt.models import CNN
 from dlopt.optim import OptimizerConfig
-from dlopt.train import FitConfig, fit
+from dlopt.runner import add_run_flags, fit_summary, run_directory, run_fit, unless_given, \
+    write_summary
+from dlopt.train import FitConfig
 
 MODEL = CNN(num_classes=10, features=(32, 64), dense_width=128, dropout_rate=0.25)
 OPTIMIZER = OptimizerConfig(name="adamw", learning_rate=2e-3, schedule="warmup_cosine",
@@ -39,59 +37,29 @@ def main(argv=None) -> int:
   parser.add_config("model", MODEL, skip=("num_classes",))
   parser.add_config("optimizer", OPTIMIZER, aliases={"name": "optimizer", "learning_rate": "lr"})
   parser.add_config("fit", FIT)
-  parser.add_argument("--workdir", type=Path, default=None,
-                      help="run directory (default: a new runs/mnist_cnn-<time>)")
-  parser.add_argument("--resume", action="store_true",
-                      help="continue the run in --workdir from its newest checkpoint")
-  parser.add_argument("--tiny", action="store_true",
-                      help=f"smoke run: {TINY_EXAMPLES} examples, one epoch")
+  add_run_flags(parser, "mnist_cnn", tiny_help=f"{TINY_EXAMPLES} examples, one epoch")
   args = parser.parse(argv)
   model, optimizer, config = (args.configs[k] for k in ("model", "optimizer", "fit"))
   extras = args.extras
-  if extras.resume and extras.workdir is None:
-    parser.error("--resume needs --workdir: the run directory to continue")
-  workdir = extras.workdir or Path("runs") / time.strftime("mnist_cnn-%Y%m%d-%H%M%S")
+  workdir = run_directory(parser, "mnist_cnn", extras)
 
   x, y = load_mnist_subset()
   if extras.tiny:
-    config = _unless_given(config, TINY_FIT, "fit", args.given)
-    optimizer = _unless_given(optimizer, TINY_OPTIMIZER, "optimizer", args.given)
+    config = unless_given(config, TINY_FIT, "fit", args.given)
+    optimizer = unless_given(optimizer, TINY_OPTIMIZER, "optimizer", args.given)
     subset = slice(None, None, len(x) // TINY_EXAMPLES)  # rows are sorted by label
     x, y = x[subset], y[subset]
 
   print(f"run directory: {workdir}")
-  started = time.perf_counter()
-  try:
-    result = fit(model, (x, y), optimizer=optimizer, config=config, workdir=workdir,
-                 resume=extras.resume)
-  except KeyboardInterrupt:
-    print(f"\ninterrupted; continue with: python {sys.argv[0]} --workdir {workdir} --resume",
-          file=sys.stderr)
-    return 130
-  except ValueError as error:
-    parser.error(str(error))
-  seconds = time.perf_counter() - started
-
-  test = result.test_metrics
-  summary = {"test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
-             "test_loss": test["loss"], "epochs": len(result.history),
-             "steps": int(result.state.step), "parameters": count_params(result.state.params),
-             "seconds": round(seconds, 1)}
-  final_path = workdir / "final_metrics.json"
-  final = json.loads(final_path.read_text())
-  final["summary"] = summary
-  final_path.write_text(json.dumps(final, indent=2) + "\n")
-  print(f"test accuracy {test['accuracy']:.4f}  macro F1 {test['macro_f1']:.4f}  "
-        f"loss {test['loss']:.4f}  ({summary['epochs']} epochs, {summary['steps']} steps, "
+  result, seconds = run_fit(parser, model, (x, y), optimizer=optimizer, config=config,
+                            workdir=workdir, resume=extras.resume)
+  summary = fit_summary(result, seconds)
+  write_summary(workdir, summary)
+  print(f"test accuracy {summary['test_accuracy']:.4f}  macro F1 {summary['test_macro_f1']:.4f}  "
+        f"loss {summary['test_loss']:.4f}  ({summary['epochs']} epochs, {summary['steps']} steps, "
         f"{summary['parameters']:,} parameters, {seconds:.1f} s)")
   print(f"wrote {workdir}/metrics.jsonl, curves.png, checkpoints/, final_metrics.json")
   return 0
-
-
-def _unless_given(config, overrides: dict, group: str, given: frozenset):
-  """Applies the --tiny overrides to the fields not set on the command line."""
-  return dataclasses.replace(config, **{k: v for k, v in overrides.items()
-                                        if f"{group}.{k}" not in given})
 
 
 if __name__ == "__main__":

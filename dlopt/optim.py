@@ -48,6 +48,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "make_schedule",
     "make_optimizer",
     "default_decay_mask",
+    "ema_decay_at",
     "ema_update",
     "num_updates",
 ]
@@ -114,7 +116,9 @@ class OptimizerConfig:
       one update (`optax.MultiSteps`).
     ema_decay: if set, the decay of an exponential moving average of the
       parameters kept for evaluation; applied by the train step through
-      `ema_update`, not by the optimizer.
+      `ema_update`, not by the optimizer, with the usual warmup
+      (`ema_decay_at`: the decay grows to `ema_decay` over the first updates,
+      so the average does not cling to the initial parameters).
   """
 
   name: str = "adam"
@@ -381,6 +385,25 @@ def make_optimizer(
     tx = optax.MultiSteps(
         tx, every_k_schedule=config.accumulate_steps).gradient_transformation()
   return tx
+
+
+def ema_decay_at(decay: float, num_updates) -> jax.Array:
+  """The EMA decay after `num_updates` updates: `min(decay, (1 + n) / (10 + n))`.
+
+  The warmup of TensorFlow's `ExponentialMovingAverage(num_updates=...)`: early on the
+  average follows the parameters closely (0.1 at the first update, 0.5 at the 8th), and
+  only later reaches `decay`; without it a decay of 0.999 would keep 37% of the
+  initial parameters after 1,000 updates.
+
+  Args:
+    decay: the target decay in [0, 1].
+    num_updates: updates applied before this one, an int scalar (may be traced).
+
+  Returns:
+    A float32 scalar.
+  """
+  n = jnp.asarray(num_updates, jnp.float32)
+  return jnp.minimum(jnp.float32(decay), (1.0 + n) / (10.0 + n))
 
 
 def ema_update(ema_params: Any, params: Any, decay: float) -> Any:

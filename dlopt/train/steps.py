@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from dlopt import metrics
-from dlopt.optim import ema_update
+from dlopt.optim import ema_decay_at, ema_update
 from dlopt.train.objective import Objective
 from dlopt.train.state import TrainState
 
@@ -71,8 +71,11 @@ def train_step(state: TrainState, batch: tuple[Any, Any], *,
   params = optax.apply_updates(state.params, updates)
   ema_params = state.ema_params
   if ema_params is not None:
-    ema_params = ema_update(ema_params, params, ema_decay)
-    if isinstance(opt_state, optax.MultiStepsState):  # move only when the params moved
+    accumulating = isinstance(opt_state, optax.MultiStepsState)
+    # Updates applied before this one (with accumulation, gradient_step has just counted it).
+    done = opt_state.gradient_step - 1 if accumulating else state.step
+    ema_params = ema_update(ema_params, params, ema_decay_at(ema_decay, done))
+    if accumulating:  # move only when the params moved
       ema_params = jax.tree.map(lambda new, old: jnp.where(opt_state.mini_step == 0, new, old),
                                 ema_params, state.ema_params)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,

@@ -384,3 +384,11 @@ def test_module_docstring_example():
   namespace = {}
   exec("\n".join(lines), namespace)  # pylint: disable=exec-used
   assert 0 < float(namespace["lr_at_50"]) < 3e-4
+
+
+def test_ema_decay_warms_up_to_its_target():
+  from dlopt.optim import ema_decay_at
+  assert float(ema_decay_at(0.999, 0)) == pytest.approx(0.1)
+  assert float(ema_decay_at(0.999, 8)) == pytest.approx(0.5)
+  assert float(ema_decay_at(0.999, 100_000)) == pytest.approx(0.999)
+  assert float(ema_decay_at(0.5, 100)) == 0.5

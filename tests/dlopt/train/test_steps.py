@@ -79,11 +79,11 @@ def test_batch_norm_statistics_update_in_training_only():
 
 
 def test_ema_follows_params():
-  from dlopt.optim import ema_update
+  from dlopt.optim import ema_decay_at, ema_update
   state, batch = _state(ema=True), _batch()
   new_state, _ = jax.jit(functools.partial(train_step, objective=Objective(),
                                            ema_decay=0.9))(state, batch)
-  expected = ema_update(state.ema_params, new_state.params, 0.9)
+  expected = ema_update(state.ema_params, new_state.params, ema_decay_at(0.9, 0))
   np.testing.assert_allclose(new_state.ema_params["Dense_0"]["kernel"],
                              expected["Dense_0"]["kernel"], rtol=1e-6)
   assert new_state.eval_params is new_state.ema_params

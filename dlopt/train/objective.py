@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from dlopt import losses, metrics
+from dlopt.compress import distillation_objective_loss
 
 __all__ = ["Objective", "LOSSES"]
 
@@ -47,8 +48,8 @@ class Objective:
       raise ValueError(f"Objective.temperature must be > 0; got {self.temperature}")
     if not 0.0 <= self.alpha <= 1.0:
       raise ValueError(f"Objective.alpha must be in [0, 1]; got {self.alpha}")
-    if self.loss == "mse" and self.label_smoothing:
-      raise ValueError("Objective.label_smoothing applies only to classification losses; "
+    if self.loss != "cross_entropy" and self.label_smoothing:
+      raise ValueError("Objective.label_smoothing applies only to loss='cross_entropy'; "
                        f"got label_smoothing={self.label_smoothing} with loss={self.loss!r}")
     if not 0.0 <= self.label_smoothing < 1.0:
       raise ValueError(f"Objective.label_smoothing must be in [0, 1); got {self.label_smoothing}")
@@ -72,13 +73,14 @@ class Objective:
     """
     if not self.is_classification:
       return losses.mse(outputs, targets, weights=weights)
-    per_example = losses.per_example_cross_entropy(
-        outputs, self.labels(targets), label_smoothing=self.label_smoothing)
+    weights = _per_position(weights, outputs.shape[:-1])
     if self.loss == "distillation":
-      soft = losses.per_example_distillation_loss(
-          outputs, jax.lax.stop_gradient(targets[1]), temperature=self.temperature)
-      per_example = self.alpha * soft + (1.0 - self.alpha) * per_example
-    return losses.weighted_mean(per_example, _per_position(weights, per_example.shape))
+      labels, teacher_logits = targets
+      return distillation_objective_loss(outputs, labels, teacher_logits,
+                                         temperature=self.temperature, alpha=self.alpha,
+                                         weights=weights)
+    return losses.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing,
+                                weights=weights)
 
   def penalty(self, params: Any) -> jax.Array:
     """The parameter penalty `l1 * |w|_1 + l2 * 0.5 |w|^2` (float32 scalar)."""

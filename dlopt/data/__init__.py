@@ -31,8 +31,10 @@ from dlopt.data.catalog import Sequences
 from dlopt.data.catalog import load_fashion_mnist
 from dlopt.data.catalog import load_mnist
 from dlopt.data.catalog import load_text
+from dlopt.data.catalog import load_text_corpus
 from dlopt.data.catalog import load_ucr
 from dlopt.data.datasets import DATASETS
+from dlopt.data.datasets import FETCHED_DATASETS
 from dlopt.data.datasets import load_dataset
 from dlopt.data.datasets import load_diabetes
 from dlopt.data.datasets import load_digits
@@ -65,10 +67,12 @@ __all__ = [
     "fit_imputer",
     "fit_scaler",
     "DATASETS",
+    "FETCHED_DATASETS",
     "Sequences",
     "load_fashion_mnist",
     "load_mnist",
     "load_text",
+    "load_text_corpus",
     "load_ucr",
     "BatchIterator",
     "Normalization",

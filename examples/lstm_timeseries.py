@@ -31,6 +31,20 @@ OPTIMIZER = OptimizerConfig(name="adamw", learning_rate=3e-3, schedule="warmup_c
 FIT = FitConfig(epochs=80, batch_size=16, seed=0, val_fraction=0.1, test_fraction=0.0,
                 monitor="val_loss", patience=25)
 DATASETS = ("JapaneseVowels", "GunPoint", "BasicMotions")
+PAA = {"JapaneseVowels": 1, "GunPoint": 5, "BasicMotions": 2}  # --paa defaults
+
+
+def paa(x: np.ndarray, lengths: np.ndarray, factor: int):
+  """Means of each `factor` steps: `[N, T, C]` -> `[N, ceil(T / factor), C]`, lengths too."""
+  if factor == 1:
+    return x, lengths
+  steps = -(-x.shape[1] // factor)
+  padded = np.zeros((x.shape[0], steps * factor, x.shape[2]), np.float32)
+  padded[:, :x.shape[1]] = x
+  valid = np.arange(steps * factor)[None, :] < lengths[:, None]  # [N, T']
+  sums = (padded * valid[..., None]).reshape(x.shape[0], steps, factor, -1).sum(axis=2)
+  counts = valid.reshape(x.shape[0], steps, factor).sum(axis=2)[..., None]
+  return (sums / np.maximum(counts, 1)).astype(np.float32), -(-lengths // factor)
 TINY_FIT = {"epochs": 2}
 TINY_OPTIMIZER = {"warmup_steps": 2}
 
@@ -52,6 +66,9 @@ def main(argv=None) -> int:
   parser.add_config("optimizer", OPTIMIZER, aliases={"name": "optimizer", "learning_rate": "lr"})
   parser.add_config("fit", FIT, skip=("test_fraction",))
   parser.add_argument("--dataset", choices=DATASETS, default="JapaneseVowels")
+  parser.add_argument("--paa", type=int, default=None,
+                      help="piecewise aggregate approximation factor (default per data set: "
+                           + ", ".join(f"{k} {v}" for k, v in PAA.items()) + ")")
   add_run_flags(parser, "lstm_timeseries", tiny_help="two epochs")
   args = parser.parse(argv)
   model, optimizer, config = (args.configs[k] for k in ("model", "optimizer", "fit"))
@@ -61,10 +78,15 @@ def main(argv=None) -> int:
     optimizer = unless_given(optimizer, TINY_OPTIMIZER, "optimizer", args.given)
   workdir = run_directory(parser, "lstm_timeseries", extras)
 
+  factor = PAA[extras.dataset] if extras.paa is None else extras.paa
+  if factor < 1:
+    parser.error(f"--paa must be an integer >= 1; got {factor}")
   try:
     train, test = load_ucr(extras.dataset, "train"), load_ucr(extras.dataset, "test")
   except FileNotFoundError as error:
     parser.error(str(error))
+  train = train._replace(**dict(zip(("x", "lengths"), paa(train.x, train.lengths, factor))))
+  test = test._replace(**dict(zip(("x", "lengths"), paa(test.x, test.lengths, factor))))
   index = np.arange(len(train.y))
   fit_part, val_part, _ = train_val_test_split(index, train.y, val_fraction=config.val_fraction,
                                                test_fraction=0.0, seed=config.seed)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from kernels._block_sizes import check_block_sizes
+
 __all__ = ["BlockSizes"]
-
-
-def _power_of_two(value: int) -> bool:
-  return value >= 1 and value & (value - 1) == 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,14 +30,7 @@ class BlockSizes:
   num_stages: int | None = None
 
   def __post_init__(self):
-    for name in ("block_q", "block_k", "block_q_bwd", "block_k_bwd"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or not _power_of_two(value) or value < 8:
-        raise ValueError(f"BlockSizes.{name} must be a power of two >= 8; got {value!r}")
-    for name in ("num_warps", "num_stages"):
-      value = getattr(self, name)
-      if value is not None and (not isinstance(value, int) or value < 1):
-        raise ValueError(f"BlockSizes.{name} must be None or an integer >= 1; got {value!r}")
+    check_block_sizes(self, ("block_q", "block_k", "block_q_bwd", "block_k_bwd"))
 
   @classmethod
   def default(cls, backend: str, head_dim: int) -> "BlockSizes":

@@ -111,20 +111,12 @@ def test_random_shapes_forward(attention_cases, q_len, kv_len, kv_heads, head_di
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_lowers_for_tpu(attention_cases, monkeypatch, dtype):
+def test_lowers_for_tpu(attention_cases, as_if_on_tpu, dtype):
   """Forward and backward pass Mosaic's lowering rules (block shapes, ops) with no TPU.
 
   The Python half of Mosaic lowering runs anywhere once the device kind reads as a TPU;
   the device-side Mosaic compiler still needs the hardware.
   """
-  try:
-    from jax._src.pallas.mosaic import tpu_info
-  except ImportError:
-    pytest.skip("this JAX has no jax._src.pallas.mosaic.tpu_info")
-  if not hasattr(tpu_info, "get_device_kind"):
-    pytest.skip("this JAX has no tpu_info.get_device_kind")
-  monkeypatch.setattr(tpu_info, "get_device_kind", lambda: "TPU v5 lite")
-  monkeypatch.setattr(tpu_info, "get_num_device_cores", lambda: 1)
   from kernels.attention.tpu import attention_tpu
 
   q, k, v = attention_cases.make_inputs(3, 2, 200, 300, 4, 2, 80, dtype)

@@ -144,21 +144,13 @@ def test_random_problems(conv_cases, m, ci, co, phases, groups, kernel_taps, blo
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_lowers_for_tpu(conv_cases, monkeypatch, dtype):
+def test_lowers_for_tpu(conv_cases, as_if_on_tpu, dtype):
   """All four kernels pass Mosaic's lowering rules (block shapes, ops) with no TPU.
 
   The Python half of Mosaic lowering runs anywhere once the device kind reads as a TPU;
   the device-side Mosaic compiler still needs the hardware. The blocks are the TPU defaults:
   several row blocks, `Co = C = 200` over two lane blocks, `Ci = 5` a whole-axis block.
   """
-  try:
-    from jax._src.pallas.mosaic import tpu_info
-  except ImportError:
-    pytest.skip("this JAX has no jax._src.pallas.mosaic.tpu_info")
-  if not hasattr(tpu_info, "get_device_kind"):
-    pytest.skip("this JAX has no tpu_info.get_device_kind")
-  monkeypatch.setattr(tpu_info, "get_device_kind", lambda: "TPU v5 lite")
-  monkeypatch.setattr(tpu_info, "get_num_device_cores", lambda: 1)
 
   dense = conv_cases.make_canonical(9, phases=4, groups=2, m=600, ci=5, co=200,
                                     kernel_taps=9, dtype=dtype)

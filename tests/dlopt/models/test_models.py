@@ -447,7 +447,7 @@ def test_sequence_fields_become_tuples_and_hash():
 def test_public_api():
   assert sorted(models.__all__) == sorted(
       ["CNN", "DecoderLM", "LinearRegression", "MLP", "MultiHeadSelfAttention",
-       "ResidualBlock", "ResidualCNN", "TransformerBlock", "TransformerEncoderClassifier",
+       "RecurrentClassifier", "RecurrentStack", "ResidualBlock", "ResidualCNN", "TransformerBlock", "TransformerEncoderClassifier",
        "count_params"])
   for name in models.__all__:
     assert hasattr(models, name)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 
 import numpy as np
 
@@ -70,18 +71,18 @@ def main(argv=None) -> int:
   print(f"run directory: {workdir}")
 
   def train(name, model, **kwargs):
-    result, _ = run_fit(parser, model, data["data"], val_data=data["val_data"],
-                        test_data=data["test_data"], workdir=workdir / name,
-                        **{"optimizer": optimizer, "config": config, **kwargs})
-    return result
+    return run_fit(parser, model, data["data"], val_data=data["val_data"],
+                   test_data=data["test_data"], workdir=workdir / name,
+                   **{"optimizer": optimizer, "config": config, **kwargs})
 
-  teacher = train("teacher", TEACHER)
+  started = time.perf_counter()
+  teacher, seconds = train("teacher", TEACHER)
   teacher_variables = {"params": teacher.state.params, **teacher.state.model_state}
   rows = [_row("teacher (float32)", teacher.test_metrics["accuracy"], teacher.state.params,
-               compress.param_bytes(teacher.state.params))]
+               compress.param_bytes(teacher.state.params), seconds)]
 
   masks = compress.magnitude_masks(teacher.state.params, extras.sparsity)
-  pruned = train("pruned", TEACHER, optimizer=fine_tune,
+  pruned, seconds = train("pruned", TEACHER, optimizer=fine_tune,
                  config=dataclasses.replace(config,
                                             epochs=1 if tiny else extras.fine_tune_epochs),
                  init_variables={**teacher_variables,
@@ -89,40 +90,53 @@ def main(argv=None) -> int:
                  post_transform=compress.keep_masked(masks))
   report = compress.sparsity_report(pruned.state.params, masks)
   rows.append(_row(f"pruned {report['overall']:.0%} + fine-tune", pruned.test_metrics["accuracy"],
-                   pruned.state.params, compress.sparse_bytes(pruned.state.params, masks)))
+                   pruned.state.params, compress.sparse_bytes(pruned.state.params, masks),
+                   seconds))
 
+  quantize_start = time.perf_counter()
   qvariables = {**teacher_variables, "params": compress.quantize_params(teacher.state.params)}
   rows.append(_row("int8 weights (per-channel)",
                    _accuracy(TEACHER, qvariables, data["test_data"], quantized=True),
-                   teacher.state.params, compress.param_bytes(qvariables["params"])))
+                   teacher.state.params, compress.param_bytes(qvariables["params"]),
+                   time.perf_counter() - quantize_start))
 
-  alone = train("student_alone", STUDENT)
+  alone, alone_seconds = train("student_alone", STUDENT)
   soft = compress.teacher_logits(TEACHER.apply, teacher_variables, data["data"][0])
   distill_config = dataclasses.replace(config, loss="distillation",
                                        distill_temperature=extras.temperature,
                                        distill_alpha=extras.alpha)
   val_soft = compress.teacher_logits(TEACHER.apply, teacher_variables, data["val_data"][0])
   test_soft = compress.teacher_logits(TEACHER.apply, teacher_variables, data["test_data"][0])
-  distilled, _ = run_fit(parser, STUDENT, (data["data"][0], (data["data"][1], soft)),
+  distilled, distilled_seconds = run_fit(parser, STUDENT, (data["data"][0], (data["data"][1], soft)),
                          val_data=(data["val_data"][0], (data["val_data"][1], val_soft)),
                          test_data=(data["test_data"][0], (data["test_data"][1], test_soft)),
                          optimizer=optimizer, config=distill_config,
                          workdir=workdir / "student_distilled")
-  for name, result in (("student alone", alone), ("student distilled", distilled)):
+  for name, result, seconds in (("student alone", alone, alone_seconds),
+                                ("student distilled", distilled, distilled_seconds)):
     rows.append(_row(name, result.test_metrics["accuracy"], result.state.params,
-                     compress.param_bytes(result.state.params)))
+                     compress.param_bytes(result.state.params), seconds))
 
-  (workdir / "final_metrics.json").write_text(json.dumps({"summary": rows}, indent=2) + "\n")
-  print(f"\n{'variant':34} {'test accuracy':>13} {'parameters':>11} {'bytes':>11}")
+  total = time.perf_counter() - started
   for row in rows:
-    print(f"{row['variant']:34} {row['test_accuracy']:13.4f} {row['parameters']:11,} "
-          f"{row['bytes']:11,}")
+    row["times_smaller"] = rows[0]["bytes"] / row["bytes"]
+    row["points_vs_teacher"] = 100 * (row["test_accuracy"] - rows[0]["test_accuracy"])
+  (workdir / "final_metrics.json").write_text(
+      json.dumps({"summary": rows, "seconds": round(total, 1)}, indent=2) + "\n")
+  print(f"\n{'variant':28} {'test acc':>8} {'vs teacher':>10} {'parameters':>10} {'bytes':>10} "
+        f"{'smaller':>7} {'seconds':>7}")
+  for row in rows:
+    print(f"{row['variant']:28} {row['test_accuracy']:8.4f} {row['points_vs_teacher']:+9.2f}pt "
+          f"{row['parameters']:10,} {row['bytes']:10,} {row['times_smaller']:6.2f}x "
+          f"{row['seconds']:7.1f}")
+  print(f"total {total:.1f} s")
   return 0
 
 
-def _row(variant: str, accuracy: float, params, size: int) -> dict:
+def _row(variant: str, accuracy: float, params, size: int, seconds: float) -> dict:
   return {"variant": variant, "test_accuracy": float(accuracy),
-          "parameters": count_params(params), "bytes": int(size)}
+          "parameters": count_params(params), "bytes": int(size),
+          "seconds": round(float(seconds), 1)}
 
 
 def _accuracy(model, variables, split, *, quantized: bool) -> float:

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 import kernels
 from kernels.attention import IMPLS
 
 from dlopt.models import _utils
+from dlopt.models.rotary import check_rope_base
+from dlopt.models.rotary import rotary_embedding
 
 __all__ = ["MultiHeadSelfAttention"]
 
@@ -67,6 +70,9 @@ class MultiHeadSelfAttention(nn.Module):
       only when `train=True`, drawing from the 'dropout' RNG stream.
     attention_impl: the `impl` of `kernels.attention` ("auto", "xla", ...).
     use_bias: add biases to the four projections.
+    rope_base: None for no position information here; a number > 1 rotates
+      queries and keys by their positions (`rotary_embedding`), so scores
+      depend on relative offsets.
   """
 
   num_heads: int
@@ -76,6 +82,7 @@ class MultiHeadSelfAttention(nn.Module):
   dropout_rate: float = 0.0
   attention_impl: str = "auto"
   use_bias: bool = False
+  rope_base: float | None = None
 
   def __post_init__(self):
     _utils.check_positive("num_heads", self.num_heads)
@@ -86,12 +93,13 @@ class MultiHeadSelfAttention(nn.Module):
       raise ValueError(f"causal must be a bool; got causal={self.causal!r}")
     _utils.check_dropout_rate(self.dropout_rate)
     check_attention_impl(self.attention_impl)
+    check_rope_base(self.rope_base)
     super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False, mask: jax.Array | None = None,
-               lengths: jax.Array | None = None,
-               segment_ids: jax.Array | None = None) -> jax.Array:
+               lengths: jax.Array | None = None, segment_ids: jax.Array | None = None,
+               positions: jax.Array | None = None) -> jax.Array:
     """Attends every position of `x` to the positions it may see.
 
     Args:
@@ -104,6 +112,8 @@ class MultiHeadSelfAttention(nn.Module):
         query attends them, and their own attention output is 0.
       segment_ids: int [B, T]; attention stays within a segment (packed
         sequences).
+      positions: int [B or 1, T], the positions `rope_base` rotates by; None
+        for `arange(T)`. Ignored without `rope_base`.
 
     Returns:
       [B, T, F] in the dtype of `x`.
@@ -133,6 +143,11 @@ class MultiHeadSelfAttention(nn.Module):
     q = project("query", self.num_heads)                        # [B, T, H, Dh]
     k = project("key", num_kv_heads)                            # [B, T, Hkv, Dh]
     v = project("value", num_kv_heads)                          # [B, T, Hkv, Dh]
+    if self.rope_base is not None:
+      if positions is None:
+        positions = jnp.arange(x.shape[1])[None]                # [1, T]
+      q = rotary_embedding(q, positions, base=self.rope_base)
+      k = rotary_embedding(k, positions, base=self.rope_base)
     y = kernels.attention(q, k, v, causal=self.causal, mask=mask, q_lengths=lengths,
                           kv_lengths=lengths, segment_ids=segment_ids,
                           impl=self.attention_impl)             # [B, T, H, Dh]

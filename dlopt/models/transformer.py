@@ -26,6 +26,7 @@ from dlopt.models import _utils
 from dlopt.models.attention import MultiHeadSelfAttention
 from dlopt.models.attention import check_attention_impl
 from dlopt.models.attention import check_num_kv_heads
+from dlopt.models.rotary import check_rope_base
 
 __all__ = ["DecoderLM", "POOLINGS", "TransformerBlock", "TransformerEncoderClassifier"]
 
@@ -74,6 +75,8 @@ class TransformerBlock(nn.Module):
       output, 0 <= rate < 1; active only with `train=True` ('dropout' stream).
     causal: causal self-attention.
     attention_impl: the `impl` of `kernels.attention`.
+    rope_base: rotary position embeddings in the attention with this base;
+      None for none.
   """
 
   num_heads: int
@@ -82,6 +85,7 @@ class TransformerBlock(nn.Module):
   dropout_rate: float = 0.0
   causal: bool = False
   attention_impl: str = "auto"
+  rope_base: float | None = None
 
   def __post_init__(self):
     _utils.check_positive("num_heads", self.num_heads)
@@ -89,18 +93,20 @@ class TransformerBlock(nn.Module):
     _check_mlp_ratio(self.mlp_ratio)
     _utils.check_dropout_rate(self.dropout_rate)
     check_attention_impl(self.attention_impl)
+    check_rope_base(self.rope_base)
     super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False, mask: jax.Array | None = None,
-               lengths: jax.Array | None = None,
-               segment_ids: jax.Array | None = None) -> jax.Array:
+               lengths: jax.Array | None = None, segment_ids: jax.Array | None = None,
+               positions: jax.Array | None = None) -> jax.Array:
     """Runs the block.
 
     Args:
       x: float [B, T, F].
       train: enables dropout.
-      mask, lengths, segment_ids: as in `MultiHeadSelfAttention.__call__`.
+      mask, lengths, segment_ids, positions: as in
+        `MultiHeadSelfAttention.__call__`.
 
     Returns:
       [B, T, F].
@@ -111,9 +117,10 @@ class TransformerBlock(nn.Module):
     y = nn.LayerNorm(name="ln_attn")(x)
     y = MultiHeadSelfAttention(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
                                causal=self.causal, dropout_rate=self.dropout_rate,
-                               attention_impl=self.attention_impl, name="attention")(
+                               attention_impl=self.attention_impl,
+                               rope_base=self.rope_base, name="attention")(
                                    y, train=train, mask=mask, lengths=lengths,
-                                   segment_ids=segment_ids)
+                                   segment_ids=segment_ids, positions=positions)
     x = x + y
     y = nn.LayerNorm(name="ln_mlp")(x)
     y = nn.gelu(nn.Dense(hidden, name="mlp_in")(y))             # [B, T, hidden]
@@ -237,9 +244,10 @@ def _segment_positions(segment_ids: jax.Array) -> jax.Array:
 class DecoderLM(nn.Module):
   """Decoder-only (causal) transformer language model.
 
-  Token and learned position embeddings, `num_layers` causal
-  `TransformerBlock`s, a final LayerNorm, and logits through the transposed
-  token embedding (`tie_embeddings`) or a bias-free Dense `lm_head`.
+  Token embeddings plus positions (a learned table, or rotary embeddings in
+  every attention with `rope_base`), `num_layers` causal `TransformerBlock`s,
+  a final LayerNorm, and logits through the transposed token embedding
+  (`tie_embeddings`) or a bias-free Dense `lm_head`.
 
   Attributes:
     vocab_size: the token vocabulary, >= 1.
@@ -253,6 +261,11 @@ class DecoderLM(nn.Module):
     dropout_rate: dropout after the embeddings and in every block.
     attention_impl: the `impl` of `kernels.attention`.
     tie_embeddings: reuse the token embedding as the output projection.
+    rope_base: None for the learned position table; a number > 1 for rotary
+      position embeddings with that base instead (no table; `width //
+      num_heads` must be even). Rotary positions let attention find
+      neighbouring tokens from the first steps, which speeds up early
+      training markedly on character-level text.
   """
 
   vocab_size: int
@@ -265,10 +278,15 @@ class DecoderLM(nn.Module):
   dropout_rate: float = 0.0
   attention_impl: str = "auto"
   tie_embeddings: bool = True
+  rope_base: float | None = None
 
   def __post_init__(self):
     _utils.check_positive("vocab_size", self.vocab_size)
     _check_stack(self)
+    check_rope_base(self.rope_base)
+    if self.rope_base is not None and (self.width // self.num_heads) % 2:
+      raise ValueError(f"rotary embeddings need an even head dim width // num_heads; got "
+                       f"width={self.width} and num_heads={self.num_heads}")
     super().__post_init__()
 
   @nn.compact
@@ -308,14 +326,16 @@ class DecoderLM(nn.Module):
     else:
       positions = jnp.arange(length)[None]                      # [1, T]
     embed = nn.Embed(self.vocab_size, self.width, embedding_init=_EMBED_INIT, name="embed")
-    pos = self.param("pos_embed", _EMBED_INIT, (self.max_len, self.width))
-    h = embed(tokens) + pos[positions]                          # [B, T, W]
+    h = embed(tokens)                                           # [B, T, W]
+    if self.rope_base is None:
+      h = h + self.param("pos_embed", _EMBED_INIT, (self.max_len, self.width))[positions]
     h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
     for i in range(self.num_layers):
       h = TransformerBlock(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
                            mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout_rate,
                            causal=True, attention_impl=self.attention_impl,
-                           name=f"block_{i}")(h, train=train, segment_ids=segment_ids)
+                           rope_base=self.rope_base, name=f"block_{i}")(
+                               h, train=train, segment_ids=segment_ids, positions=positions)
     h = nn.LayerNorm(name="ln_final")(h)
     if self.tie_embeddings:
       return embed.attend(h)                                    # [B, T, V]

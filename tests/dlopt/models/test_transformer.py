@@ -144,11 +144,19 @@ def test_decoder_parameter_count(tie):
   assert count == expected
 
 
+def test_rotary_decoder_has_no_position_table():
+  learned = models.count_params(_abstract_params(_lm(), _tokens((B, T))))
+  rotary = _abstract_params(_lm(rope_base=10_000.0), _tokens((B, T)))
+  assert "pos_embed" not in rotary
+  assert models.count_params(rotary) == learned - 16 * WIDTH
+
+
 # ------------------------------------------------------------ what sees what
 
 
-def test_decoder_is_causal():
-  model, variables, x = _lm_setup()
+@pytest.mark.parametrize("rope_base", [None, 10_000.0])
+def test_decoder_is_causal(rope_base):
+  model, variables, x = _lm_setup(rope_base=rope_base)
   base = np.asarray(_apply(model, variables, x))
   for t in (0, 4, 9):
     changed = x.at[:, t].set((x[:, t] + 1) % VOCAB)
@@ -176,8 +184,9 @@ def test_classifier_ignores_padding(pooling):
   assert np.abs(np.asarray(moved - base)).min() > 0
 
 
-def test_decoder_segments_are_isolated_and_match_unpacked():
-  model, variables, _ = _lm_setup()
+@pytest.mark.parametrize("rope_base", [None, 10_000.0])
+def test_decoder_segments_are_isolated_and_match_unpacked(rope_base):
+  model, variables, _ = _lm_setup(rope_base=rope_base)
   a, b = _tokens((B, 4), seed=2), _tokens((B, 6), seed=3)
   packed = jnp.concatenate([a, b], axis=1)                       # [B, 10]
   segments = jnp.array([[1] * 4 + [2] * 6] * B)
@@ -329,6 +338,10 @@ def test_gradients_are_finite():
     (lambda: _lm(attention_impl="cuda"), "attention_impl"),
     (lambda: models.MultiHeadSelfAttention(num_heads=0), "num_heads"),
     (lambda: models.MultiHeadSelfAttention(num_heads=2, head_dim=0), "head_dim"),
+    (lambda: models.MultiHeadSelfAttention(num_heads=2, rope_base=1.0), "rope_base"),
+    (lambda: _lm(rope_base=float("nan")), "rope_base"),
+    (lambda: _lm(rope_base="10000"), "rope_base"),
+    (lambda: _lm(width=12, num_heads=4, rope_base=10_000.0), "even head dim"),
 ])
 def test_bad_fields_raise_naming_the_field(make, field):
   with pytest.raises(ValueError, match=field):

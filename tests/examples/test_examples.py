@@ -69,3 +69,17 @@ def test_mnist_cnn_on_fetched_sets_with_augmentation(dataset, tmp_path):
   assert _load("mnist_cnn").main(argv) == 0
   summary = json.loads((workdir / "final_metrics.json").read_text())["summary"]
   assert summary["dataset"] == dataset and summary["augment"] is True
+
+
+def test_charlm_holds_out_spread_blocks_of_every_text():
+  split_texts = _load("transformer_charlm").split_texts
+  texts = {"a": "".join(chr(97 + i % 26) for i in range(10_000)), "b": "XYZ" * 3_000}
+  parts = split_texts(texts, block=100, period=20)
+  runs = {name: part.split("\n") for name, part in parts.items()}
+  assert sum(len(run) for part in runs.values() for run in part) == 19_000   # all, once
+  # Validation takes blocks 9, 29, ... and test blocks 19, 39, ... of each text.
+  assert runs["val"] == [texts["a"][i * 100:(i + 1) * 100] for i in (9, 29, 49, 69, 89)] + [
+      texts["b"][i * 100:(i + 1) * 100] for i in (9, 29, 49, 69, 89)]
+  assert runs["test"] == [texts["a"][i * 100:(i + 1) * 100] for i in (19, 39, 59, 79, 99)] + [
+      texts["b"][i * 100:(i + 1) * 100] for i in (19, 39, 59, 79)]
+  assert runs["train"][0] == texts["a"][:900]            # adjacent train blocks stay one run

@@ -37,7 +37,7 @@ TINY_EXAMPLES = 512
 
 def main(argv=None) -> int:
   parser = ConfigParser(__doc__.split("\n")[0])
-  parser.add_config("model", MODEL, skip=("num_classes",))
+  parser.add_config("model", MODEL, skip=("num_classes", "norm_axis_name"))  # set by fit
   parser.add_config("optimizer", OPTIMIZER, aliases={"name": "optimizer", "learning_rate": "lr"})
   parser.add_config("fit", FIT, skip=("test_fraction",))
   parser.add_config("augment", AUGMENT)

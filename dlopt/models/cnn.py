@@ -36,10 +36,12 @@ def _check_norm(norm: str) -> None:
 
 
 def _norm_layer(norm: str, norm_groups: int, train: bool,
-                name: str | None = None) -> nn.Module:
+                name: str | None = None,
+                axis_name: str | None = None) -> nn.Module:
   if norm == "batch":
     return nn.BatchNorm(use_running_average=not train,
-                        momentum=BATCH_NORM_MOMENTUM, name=name)
+                        momentum=BATCH_NORM_MOMENTUM, axis_name=axis_name,
+                        name=name)
   return nn.GroupNorm(num_groups=norm_groups, name=name)
 
 
@@ -122,6 +124,9 @@ class ResidualBlock(nn.Module):
     norm_groups: groups of `nn.GroupNorm`; must divide `features` when
       `norm="group"`.
     conv_impl: the `impl` of `kernels.conv2d` for the convs.
+    norm_axis_name: with `norm="batch"`, the mapped device axis over which
+      batch statistics are averaged in per-device code (`jax.pmap`,
+      `jax.shard_map`), so that they are the global batch's; None: local.
   """
 
   features: int
@@ -129,6 +134,7 @@ class ResidualBlock(nn.Module):
   norm: str = "batch"
   norm_groups: int = 8
   conv_impl: str = "auto"
+  norm_axis_name: str | None = None
 
   def __post_init__(self):
     _utils.check_positive("features", self.features)
@@ -167,7 +173,7 @@ class ResidualBlock(nn.Module):
                            name="proj_conv")(x)
       if not fused:
         residual = _norm_layer(self.norm, self.norm_groups, train,
-                               "proj_norm")(residual)
+                               "proj_norm", self.norm_axis_name)(residual)
     y = FusedConv(self.features, (3, 3), self.strides, use_bias=fused,
                   activation="relu" if fused else None, impl=self.conv_impl,
                   name="conv1")(x)
@@ -175,10 +181,12 @@ class ResidualBlock(nn.Module):
       return FusedConv(self.features, (3, 3), activation="relu",
                        impl=self.conv_impl, name="conv2",
                        kernel_init=nn.initializers.zeros_init())(y, residual)
-    y = nn.relu(_norm_layer(self.norm, self.norm_groups, train, "norm1")(y))
+    y = nn.relu(_norm_layer(self.norm, self.norm_groups, train, "norm1",
+                            self.norm_axis_name)(y))
     y = FusedConv(self.features, (3, 3), use_bias=False, impl=self.conv_impl,
                   name="conv2")(y)
-    y = _norm_layer(self.norm, self.norm_groups, train, "norm2")(y)
+    y = _norm_layer(self.norm, self.norm_groups, train, "norm2",
+                    self.norm_axis_name)(y)
     return nn.relu(y + residual)
 
 
@@ -206,6 +214,11 @@ class ResidualCNN(nn.Module):
     dropout_rate: dropout before the head, 0 <= rate < 1; active only when
       `train=True`, drawing from the 'dropout' RNG stream.
     conv_impl: the `impl` of `kernels.conv2d` for every conv.
+    norm_axis_name: with `norm="batch"`, the mapped device axis over which
+      batch statistics are averaged in per-device code (`jax.pmap`,
+      `jax.shard_map`; `dlopt.train.fit` sets it in its pmap mode); None:
+      statistics of the batch the module sees (under `jax.jit` over a mesh
+      that is the global batch already).
   """
 
   num_classes: int = 10
@@ -216,6 +229,7 @@ class ResidualCNN(nn.Module):
   norm_groups: int = 8
   dropout_rate: float = 0.0
   conv_impl: str = "auto"
+  norm_axis_name: str | None = None
 
   def __post_init__(self):
     self.stage_features = tuple(self.stage_features)
@@ -264,13 +278,15 @@ class ResidualCNN(nn.Module):
                   activation="relu" if fused else None, impl=self.conv_impl,
                   name="stem_conv")(x)
     if not fused:
-      x = nn.relu(_norm_layer(self.norm, self.norm_groups, train, "stem_norm")(x))
+      x = nn.relu(_norm_layer(self.norm, self.norm_groups, train, "stem_norm",
+                              self.norm_axis_name)(x))
     for i, (features, blocks) in enumerate(
         zip(self.stage_features, self.blocks_per_stage)):
       for j in range(blocks):
         strides = 2 if i > 0 and j == 0 else 1
         x = ResidualBlock(features, strides, self.norm, self.norm_groups,
-                          self.conv_impl, name=f"stage{i}_block{j}")(x, train=train)
+                          self.conv_impl, self.norm_axis_name,
+                          name=f"stage{i}_block{j}")(x, train=train)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, name="head")(x)

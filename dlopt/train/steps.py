@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
 from dlopt import metrics
 from dlopt.optim import ema_decay_at, ema_update
@@ -38,8 +39,15 @@ def _apply(state: TrainState, params, x, *, train: bool, rng=None):
 
 def train_step(state: TrainState, batch: tuple[Any, Any], *,
                objective: Objective, ema_decay: float | None = None,
-               augment=None) -> tuple[TrainState, dict[str, jax.Array]]:
+               augment=None, axis_name: str | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on one batch.
+
+  Under `jax.jit` with a batch sharded over a device mesh this is already the data-parallel
+  step: the loss is the mean over the global batch, so XLA inserts the gradient all-reduce.
+  Inside per-device code (`jax.pmap`, `jax.shard_map`) pass the mapped `axis_name`: the batch
+  is then the device's share, gradients and metrics are averaged over the axis with
+  `lax.pmean`, and each device folds its `lax.axis_index` into its dropout and augment keys.
 
   Args:
     state: the current `TrainState`.
@@ -50,16 +58,21 @@ def train_step(state: TrainState, batch: tuple[Any, Any], *,
     ema_decay: decay of the parameter EMA, when `state.ema_params` is kept.
     augment: None, or a jittable `(key, x) -> x` applied to the inputs on the device
       (e.g. `dlopt.data.augment` with a config); its key derives from the state's.
+    axis_name: the mapped device axis when run per device (`jax.pmap` / `jax.shard_map`),
+      else None. Every device's share of the batch must be the same size.
 
   Returns:
     The new state and float32 scalar metrics: `loss` (data loss), `accuracy` for
-    classification, `grad_norm`.
+    classification, `grad_norm` (of the averaged gradients).
   """
   x, y = batch
-  dropout_rng = jax.random.fold_in(state.rng, state.step)
+  rng = state.rng
+  if axis_name is not None:  # one dropout / augment stream per device
+    rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
+  dropout_rng = jax.random.fold_in(rng, state.step)
   if augment is not None:
     # A stream apart from dropout's: fold the step into a key split off the run key.
-    x = augment(jax.random.fold_in(jax.random.split(state.rng)[1], state.step), x)
+    x = augment(jax.random.fold_in(jax.random.split(rng)[1], state.step), x)
 
   def loss_fn(params):
     outputs, model_state = _apply(state, params, x, train=True, rng=dropout_rng)
@@ -67,6 +80,8 @@ def train_step(state: TrainState, batch: tuple[Any, Any], *,
     return data_loss + objective.penalty(params), (outputs, model_state)
 
   grads, (outputs, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
+  if axis_name is not None:
+    grads = lax.pmean(grads, axis_name)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema_params = state.ema_params
@@ -81,6 +96,8 @@ def train_step(state: TrainState, batch: tuple[Any, Any], *,
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                             model_state=model_state, ema_params=ema_params)
   batch_metrics = objective.batch_metrics(outputs, y)
+  if axis_name is not None:
+    batch_metrics = lax.pmean(batch_metrics, axis_name)
   batch_metrics["grad_norm"] = optax.tree.norm(grads)
   return new_state, batch_metrics
 

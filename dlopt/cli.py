@@ -112,6 +112,9 @@ class ConfigParser:
                  skip: Sequence[str] = ()) -> None:
     """Adds one flag per field of the dataclass instance `config` (its values the defaults).
 
+    A field's `metadata["help"]` (`dataclasses.field(metadata={"help": ...})`), when it has
+    one, is its flag's help text.
+
     Args:
       group: the name the parsed config is returned under.
       config: a dataclass instance (a frozen config, or a Flax module).
@@ -132,9 +135,10 @@ class ConfigParser:
       tp = hints.get(field.name, str)
       default = getattr(config, field.name)
       shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+      text = field.metadata.get("help")  # a field's own help, when its config gives one
       arg_group.add_argument(*names, dest=dest, type=_converter(tp, names[0]),
                              default=argparse.SUPPRESS, metavar=_type_name(tp).upper(),
-                             help=f"(default: {shown})")
+                             help=f"{text} (default: {shown})" if text else f"(default: {shown})")
       dests[field.name] = names[0]
     self._groups[group] = (config, dests)
 

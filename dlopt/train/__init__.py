@@ -12,14 +12,17 @@
 from dlopt.train.callbacks import EarlyStopping, plot_curves
 from dlopt.train.checkpoint import Checkpointer
 from dlopt.train.config import FitConfig
+from dlopt.train.distributed import initialize as initialize_distributed
 from dlopt.train.evaluate import evaluate
 from dlopt.train.fit import FitResult, NonFiniteLossError, fit
 from dlopt.train.objective import Objective
+from dlopt.train.parallel import DataParallel
 from dlopt.train.state import TrainState, create_train_state
 from dlopt.train.steps import eval_step, make_eval_step, make_train_step, train_step
 
 __all__ = [
-    "Checkpointer", "EarlyStopping", "FitConfig", "FitResult", "NonFiniteLossError",
-    "Objective", "TrainState", "create_train_state", "eval_step", "evaluate", "fit",
-    "make_eval_step", "make_train_step", "plot_curves", "train_step",
+    "Checkpointer", "DataParallel", "EarlyStopping", "FitConfig", "FitResult",
+    "NonFiniteLossError", "Objective", "TrainState", "create_train_state", "eval_step",
+    "evaluate", "fit", "initialize_distributed", "make_eval_step", "make_train_step",
+    "plot_curves", "train_step",
 ]

@@ -4,6 +4,11 @@ A checkpoint at step `s` holds `state` (the `TrainState`'s arrays, and the best 
 so far when early stopping keeps them) and `meta` (epoch, position in the epoch, history,
 early-stopping record). Orbax writes into a temporary directory and renames it when done,
 so a run killed while saving leaves the previous checkpoint intact.
+
+With several processes every process saves and restores (orbax writes each process's
+shards, process 0 the metadata; the directory must be shared). Arrays are restored onto
+the shardings of the template's arrays, so a checkpoint written on 8 devices or 2
+processes resumes on 1, and the other way round.
 """
 
 from __future__ import annotations
@@ -55,7 +60,10 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, state: TrainState, meta: dict, best: Any = None) -> None:
-    """Saves `state` (and `best`, a pytree) with the JSON-serializable `meta` at `state.step`."""
+    """Saves `state` (and `best`, a pytree) with the JSON-serializable `meta` at `state.step`.
+
+    With several processes, all call it with the same values (each array may be sharded).
+    """
     # Orbax writes both items after `save` returns, in a background thread, while the loop
     # goes on mutating its records and donating the state's buffers: hand it copies.
     meta = json.loads(json.dumps({**meta, "has_best": best is not None}))
@@ -69,7 +77,8 @@ class Checkpointer:
     """Restores the checkpoint at `step` (default: the latest) into the structure of `state`.
 
     Args:
-      state: a freshly created state of the same model and optimizer (the template).
+      state: a freshly created state of the same model and optimizer (the template); its
+        arrays' shardings are the restored arrays' (numpy leaves restore as numpy).
       best: a template for the best parameters, used when the checkpoint holds them.
       step: which checkpoint; None for the latest.
 

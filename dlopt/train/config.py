@@ -9,6 +9,7 @@ from dlopt.train.objective import LOSSES
 __all__ = ["FitConfig"]
 
 MONITORS = ("val_loss", "val_accuracy", "val_macro_f1")
+PARALLEL_MODES = ("auto", "none", "pmap", "mesh", "fsdp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,13 @@ class FitConfig:
     log_every: steps between progress-bar updates and non-finite-loss checks.
     progress: show a progress bar.
     plot: write `curves.png` (loss and accuracy per epoch) into the workdir.
+    parallel: how the steps use the devices of every process (`jax.devices()`):
+      "none" (one device), "pmap" (`jax.pmap` per-device steps, gradients and batch-norm
+      statistics averaged with `lax.pmean`), "mesh" (`jax.jit` over a device mesh, batches
+      sharded along its `data` axis, parameters and optimizer state replicated), "fsdp"
+      (as "mesh", with large parameters and their optimizer state sharded too) or "auto"
+      ("mesh" when there is more than one device, else "none"). In every mode but "none",
+      `batch_size` is the global batch and must divide by the device count.
   """
 
   epochs: int = 10
@@ -61,6 +69,8 @@ class FitConfig:
   log_every: int = 50
   progress: bool = True
   plot: bool = True
+  parallel: str = dataclasses.field(default="auto", metadata={
+      "help": "auto (mesh on several devices), none, pmap, mesh or fsdp"})
 
   def __post_init__(self):
     positive = ("epochs", "batch_size", "eval_batch_size", "keep_last_n", "log_every")
@@ -89,6 +99,9 @@ class FitConfig:
     if self.monitor not in MONITORS:
       raise ValueError(f"FitConfig.monitor must be one of {', '.join(MONITORS)}; "
                        f"got {self.monitor!r}")
+    if self.parallel not in PARALLEL_MODES:
+      raise ValueError(f"FitConfig.parallel must be one of {', '.join(PARALLEL_MODES)}; "
+                       f"got {self.parallel!r}")
     if self.min_delta < 0:
       raise ValueError(f"FitConfig.min_delta must be >= 0; got {self.min_delta}")
 

@@ -11,7 +11,7 @@ __all__ = ["evaluate"]
 
 
 def evaluate(state, x: np.ndarray, y: np.ndarray, *, eval_step, batch_size: int,
-             is_classification: bool) -> dict[str, float]:
+             is_classification: bool, multiple_of: int = 1) -> dict[str, float]:
   """Evaluates `state` on all of `(x, y)`.
 
   Args:
@@ -21,6 +21,8 @@ def evaluate(state, x: np.ndarray, y: np.ndarray, *, eval_step, batch_size: int,
     eval_step: a jitted `dlopt.train.eval_step` bound to the objective.
     batch_size: examples per eval step; the last batch is padded with weight 0.
     is_classification: whether to report accuracy and F1 from the confusion matrix.
+    multiple_of: round the batch size up to a multiple of this (the device count, so
+      that every batch splits evenly over the devices).
 
   Returns:
     `loss`, and for classification `accuracy`, `macro_precision`, `macro_recall`,
@@ -29,7 +31,7 @@ def evaluate(state, x: np.ndarray, y: np.ndarray, *, eval_step, batch_size: int,
   n = len(jax.tree.leaves(x)[0])
   if n == 0:
     return {}
-  batch_size = min(batch_size, n)
+  batch_size = -(-min(batch_size, n) // multiple_of) * multiple_of
   totals = None
   for start in range(0, n, batch_size):
     xb, yb = jax.tree.map(lambda a: a[start:start + batch_size], (x, y))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from dlopt.data import BatchIterator, Splits, train_val_test_split
@@ -34,16 +36,19 @@ from dlopt.train.callbacks import (EarlyStopping, append_metric_log, plot_curves
                                    write_metric_log)
 from dlopt.train.checkpoint import Checkpointer
 from dlopt.train.config import FitConfig
+from dlopt.train.distributed import initialize as initialize_distributed
 from dlopt.train.evaluate import evaluate
 from dlopt.train.interrupt import StopRequest, stop_on_interrupt
 from dlopt.train.objective import Objective
+from dlopt.train.parallel import DATA_AXIS, DataParallel, resolve_mode
 from dlopt.train.state import TrainState, create_train_state
 from dlopt.train.steps import make_eval_step, make_train_step, model_args
 
 __all__ = ["fit", "FitResult", "NonFiniteLossError"]
 
-# Fields that may change between a run and its resumption without changing its result.
-_RESUME_MAY_DIFFER = ("progress", "plot", "log_every")
+# Fields that may change between a run and its resumption without changing its result
+# (`parallel` only by the order of float reductions, and pmap's per-device dropout streams).
+_RESUME_MAY_DIFFER = ("progress", "plot", "log_every", "parallel")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -98,11 +103,18 @@ def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerCo
     post_transform: an optax transformation chained after the optimizer (e.g.
       `dlopt.compress.keep_masked(masks)`, so that pruned weights stay zero).
 
+  Several devices and processes (`config.parallel`): every process calls `fit` with the
+  same arguments (`dlopt.train.initialize_distributed` joins them first, from the
+  environment); each reads only its own rows of each global batch, all save and restore
+  checkpoints together (a run may resume on another number of devices or processes), and
+  only process 0 writes logs, plots and the progress bar.
+
   Returns:
     A `FitResult`.
 
   Raises:
-    ValueError: on bad data shapes, labels, configs, or a workdir/resume conflict.
+    ValueError: on bad data shapes, labels, configs, a `batch_size` that does not divide
+      over the devices, or a workdir/resume conflict.
     NonFiniteLossError: when the loss becomes NaN or infinite; the error names the step,
       and checkpoints saved before it are kept.
   """
@@ -112,7 +124,11 @@ def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerCo
     raise ValueError(f"config must be a dlopt.train.FitConfig; got {type(config)}")
   objective = Objective(config.loss, config.label_smoothing, config.l1, config.l2,
                         config.distill_temperature, config.distill_alpha)
+  initialize_distributed()  # joins the other processes when the environment names them
+  par = _data_parallel(config)
   train, val, test = _resolve_data(data, val_data, test_data, config, objective)
+  if par is not None:
+    par.check_batch_size(_train_batch_size(train, config))
   steps_per_epoch = len(train)
   total_steps = config.epochs * steps_per_epoch
   tx = make_optimizer(optimizer, total_steps=total_steps)
@@ -120,8 +136,9 @@ def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerCo
     tx = optax.chain(tx, post_transform)
   schedule = make_schedule(optimizer, num_updates(optimizer, total_steps))
   sample_x = _sample_inputs(train)
+  run_model = _sync_batch_norm(model) if par is not None and par.mode == "pmap" else model
   try:
-    state = create_train_state(model, tx, sample_x, seed=config.seed,
+    state = create_train_state(run_model, tx, sample_x, seed=config.seed,
                                ema=optimizer.ema_decay is not None)
   except ValueError as error:
     shapes = jax.tree.map(lambda leaf: leaf.shape[1:], sample_x)
@@ -131,9 +148,22 @@ def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerCo
     state = _with_variables(state, init_variables)
   num_classes = _check_model_outputs(state, sample_x, train, val, test, objective)
 
-  train_step = make_train_step(objective, optimizer.ema_decay, augment)
-  eval_step = make_eval_step(objective, num_classes)
-  run = _Run(config, objective, eval_step, schedule, optimizer)
+  if par is None:
+    train_step = make_train_step(objective, optimizer.ema_decay, augment)
+    eval_step = make_eval_step(objective, num_classes)
+  else:
+    if par.mode == "pmap" and state.model_state and run_model is model:
+      raise ValueError(
+          f"parallel='pmap' runs one copy of the model per device, and "
+          f"{type(model).__name__} keeps state ({', '.join(state.model_state)}) that the "
+          "copies would not keep in sync (it has no norm_axis_name field); use "
+          "parallel='mesh'")
+    shardings = par.state_shardings(state)
+    state = par.place_state(state, shardings)
+    train_step = par.train_step(shardings, objective, optimizer.ema_decay, augment)
+    eval_step = par.eval_step(shardings, objective, num_classes)
+  run = _Run(config, objective, eval_step, schedule, optimizer, par,
+             None if par is None else par.local_rows(_train_batch_size(train, config)))
   keeps_best = config.patience is not None and config.restore_best and val is not None
 
   start_epoch, start_step, partial_sums, best = 0, 0, None, None
@@ -146,14 +176,16 @@ def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerCo
     if checkpointer is not None:
       _check_saved_config(workdir, model, config, optimizer, resume, checkpointer)
       if resume and checkpointer.latest_step() is not None:
-        best_template = _best_tree(state) if keeps_best else None
+        # The restored arrays take the template's shardings: any device count resumes.
+        best_template = _best_tree(state, par) if keeps_best else None
         state, meta, best = checkpointer.restore(state, best_template)
         start_epoch, start_step = meta["epoch"], meta["step_in_epoch"]
         partial_sums = meta["partial_sums"]
         run.history = meta["history"]
         run.early = EarlyStopping(**meta["early_stopping"])
-        write_metric_log(run.history, workdir / "metrics.jsonl")
-      else:
+        if run.primary:
+          write_metric_log(run.history, workdir / "metrics.jsonl")
+      elif run.primary:
         (workdir / "metrics.jsonl").unlink(missing_ok=True)
 
     with stop_on_interrupt() as stop:
@@ -165,7 +197,8 @@ def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerCo
     if checkpointer is not None:
       if checkpointer.latest_step() != int(state.step):
         _save(checkpointer, state, run.meta(config.epochs, 0, None), best)
-      _write_final(workdir, run, test_metrics, int(state.step))
+      if run.primary:
+        _write_final(workdir, run, test_metrics, int(state.step))
   finally:
     if checkpointer is not None:
       checkpointer.close()
@@ -181,13 +214,21 @@ class _Run:
   eval_step: Any
   schedule: Any
   optimizer: OptimizerConfig
+  par: DataParallel | None = None
+  rows: slice | None = None  # this process's rows of each training batch; None: all
   history: list = dataclasses.field(default_factory=list)
   early: EarlyStopping = EarlyStopping()
+
+  @property
+  def primary(self) -> bool:
+    """Whether this process writes logs, plots and the progress bar (process 0)."""
+    return jax.process_index() == 0
 
   def evaluate(self, state, split) -> dict:
     x, y = split
     return evaluate(state, x, y, eval_step=self.eval_step, batch_size=self.config.eval_batch_size,
-                    is_classification=self.objective.is_classification)
+                    is_classification=self.objective.is_classification,
+                    multiple_of=1 if self.par is None else self.par.num_devices)
 
   def meta(self, epoch: int, step_in_epoch: int, partial_sums) -> dict:
     return {"epoch": epoch, "step_in_epoch": step_in_epoch, "partial_sums": partial_sums,
@@ -199,7 +240,8 @@ def _train(state, best, train, val, train_step, run: _Run, checkpointer, workdir
   """The epoch loop; returns the final state and the best parameters (or None).
 
   On Ctrl-C (`stop.requested`) it saves a checkpoint at the current step and raises
-  `KeyboardInterrupt`.
+  `KeyboardInterrupt`; with several processes, at the first step where metrics are
+  flushed after any process was asked, all together.
   """
   config = run.config
   if run.early.should_stop(config.patience):  # resumed after an early stop: nothing to do
@@ -212,18 +254,20 @@ def _train(state, best, train, val, train_step, run: _Run, checkpointer, workdir
     pending: list[tuple[int, dict]] = []
     epoch_start = time.perf_counter()
     bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{config.epochs}",
-               disable=not config.progress, leave=True, dynamic_ncols=True)
-    for index, batch in enumerate(_epoch_batches(train, epoch, start_step), start=start_step):
+               disable=not (config.progress and run.primary), leave=True, dynamic_ncols=True)
+    batches = _epoch_batches(train, epoch, start_step, run.rows)
+    for index, batch in enumerate(batches, start=start_step):
       state, batch_metrics = train_step(state, batch)
       step += 1
       pending.append((step, batch_metrics))
       bar.update(1)
       last_in_epoch = index + 1 == steps_per_epoch
-      if len(pending) >= config.log_every or last_in_epoch:
+      flushing = len(pending) >= config.log_every or last_in_epoch
+      if flushing:
         _flush(pending, sums, checkpointer, keep=0 if last_in_epoch else 1)
         bar.set_postfix({k: f"{v / sums['count']:.4f}" for k, v in sums.items() if k != "count"},
                         refresh=False)
-      if stop.requested and not last_in_epoch:
+      if not last_in_epoch and _stop_agreed(stop, at_sync_point=flushing):
         bar.close()
         if checkpointer is not None:
           _flush(pending, sums, checkpointer)
@@ -248,25 +292,37 @@ def _train(state, best, train, val, train_step, run: _Run, checkpointer, workdir
       run.early, improved = run.early.update(record[config.monitor], epoch + 1,
                                              mode=config.monitor_mode, min_delta=config.min_delta)
       if improved and keeps_best:
-        best = _best_tree(state)
+        best = _best_tree(state, run.par)
       early_stop = run.early.should_stop(config.patience)
     shown = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
     bar.set_postfix({k.replace("train_", ""): f"{record[k]:.4f}" for k in shown if k in record})
     bar.close()
     if workdir is not None:
-      append_metric_log(record, workdir / "metrics.jsonl")
-      if config.plot:
-        plot_curves(run.history, workdir / "curves.png")
+      if run.primary:
+        append_metric_log(record, workdir / "metrics.jsonl")
+        if config.plot:
+          plot_curves(run.history, workdir / "curves.png")
       _save(checkpointer, state, run.meta(epoch + 1, 0, None), best)
-    if stop.requested and epoch + 1 < config.epochs:
+    if epoch + 1 < config.epochs and _stop_agreed(stop, at_sync_point=True):
       raise KeyboardInterrupt(f"stopped at step {step}")
     if early_stop:
-      if config.progress:
+      if config.progress and run.primary:
         tqdm.write(f"early stopping after epoch {epoch + 1}: {config.monitor} has not improved "
                    f"for {config.patience} epochs (best {run.early.best:.4f} at epoch "
                    f"{run.early.best_epoch})")
       break
   return state, best
+
+
+def _stop_agreed(stop: StopRequest, at_sync_point: bool) -> bool:
+  """Whether to stop now. One process decides alone; several stop only together, at the
+  steps where every process checks (a process that stopped alone would leave the others
+  waiting on it in the next collective)."""
+  if jax.process_count() == 1:
+    return stop.requested
+  if not at_sync_point:
+    return False
+  return bool(np.any(multihost_utils.process_allgather(np.int32(stop.requested))))
 
 
 @jax.jit
@@ -315,19 +371,50 @@ def _flush(pending: list, sums: dict, checkpointer, keep: int = 0) -> None:
     sums["count"] = sums.get("count", 0) + 1
 
 
-def _epoch_batches(train, epoch: int, start_step: int) -> Iterable:
-  if isinstance(train, (BatchIterator, _TreeBatches)):
-    return train.epoch(epoch, start_step)
+def _epoch_batches(train, epoch: int, start_step: int, rows: slice | None = None) -> Iterable:
+  """The batches of `epoch` from `start_step` on; with `rows`, only those rows of each
+  (gathered from the arrays alone, when the batches come from arrays)."""
+  if isinstance(train, _TreeBatches):
+    return train.epoch(epoch, start_step, rows)
+  if isinstance(train, BatchIterator):
+    if rows is None:
+      return train.epoch(epoch, start_step)
+    return _rows_of_epoch(train, epoch, start_step, rows)
   iterator = iter(train)
   for _ in range(start_step):
     next(iterator)
-  return iterator
+  if rows is None:
+    return iterator
+  return (jax.tree.map(lambda a: np.asarray(a)[rows], batch) for batch in iterator)
 
 
-def _best_tree(state: TrainState) -> dict:
+def _rows_of_epoch(iterator: BatchIterator, epoch: int, start_step: int, rows: slice):
+  """`iterator.epoch(epoch, start_step)` with only `rows` of each batch gathered."""
+  order, size = iterator.permutation(epoch), iterator.batch_size
+  for step in range(start_step, len(iterator)):
+    indices = order[step * size:(step + 1) * size][rows]
+    yield tuple(a[indices] for a in iterator.arrays)
+
+
+def _train_batch_size(train, config: FitConfig) -> int:
+  """The size of every training batch (checked to be one size where that can be known)."""
+  if isinstance(train, _TreeBatches):
+    return train.iterator.batch_size
+  if isinstance(train, BatchIterator):
+    if not train.drop_last and train.num_examples % train.batch_size:
+      raise ValueError("data: a BatchIterator with drop_last=False ends on a short batch, "
+                       "which does not split over the devices; pass drop_last=True")
+    return train.batch_size
+  x, _ = next(iter(train))
+  return _num_examples(x)
+
+
+def _best_tree(state: TrainState, par: DataParallel | None = None) -> dict:
   tree = {"params": state.params, "model_state": state.model_state}
   if state.ema_params is not None:
     tree["ema_params"] = state.ema_params
+  if par is not None:  # a copy that keeps the shardings (other processes hold other shards)
+    return jax.tree.map(jnp.copy, tree)
   # A real copy: on CPU, device_get may view the buffers the next (donating) step reuses.
   return jax.tree.map(lambda leaf: np.array(leaf, copy=True), tree)
 
@@ -373,9 +460,10 @@ class _TreeBatches:
   def __len__(self) -> int:
     return len(self.iterator)
 
-  def epoch(self, epoch: int, start_step: int = 0):
-    return (jax.tree.unflatten(self.treedef, batch)
-            for batch in self.iterator.epoch(epoch, start_step))
+  def epoch(self, epoch: int, start_step: int = 0, rows: slice | None = None):
+    batches = (self.iterator.epoch(epoch, start_step) if rows is None
+               else _rows_of_epoch(self.iterator, epoch, start_step, rows))
+    return (jax.tree.unflatten(self.treedef, batch) for batch in batches)
 
 
 def _resolve_data(data, val_data, test_data, config: FitConfig, objective: Objective):
@@ -493,6 +581,31 @@ def _check_model_outputs(state: TrainState, sample_x, train, val, test, objectiv
   return num_classes
 
 
+def _data_parallel(config: FitConfig) -> DataParallel | None:
+  """The data-parallel layout `config.parallel` asks for, or None for one device."""
+  mode = resolve_mode(config.parallel)
+  if mode == "none":
+    if jax.process_count() > 1:
+      raise ValueError(f"parallel='none' trains on one device, but {jax.process_count()} "
+                       "processes have joined; use parallel='mesh', 'fsdp' or 'pmap'")
+    return None
+  return DataParallel.create(mode)
+
+
+def _sync_batch_norm(model: nn.Module) -> nn.Module:
+  """`model` with its batch statistics averaged over the devices in per-device steps."""
+  if "norm_axis_name" in {field.name for field in dataclasses.fields(model)}:
+    return model.clone(norm_axis_name=DATA_AXIS)
+  return model
+
+
+def _write_text(path: Path, text: str) -> None:
+  """Writes `path` whole or not at all (other processes may be reading it)."""
+  partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  partial.write_text(text)
+  os.replace(partial, path)
+
+
 def _config_record(model: nn.Module, config: FitConfig, optimizer: OptimizerConfig) -> dict:
   """The run's configuration as JSON: the model's fields, the fit and optimizer configs."""
   model_fields = {field.name: getattr(model, field.name) for field in dataclasses.fields(model)
@@ -519,7 +632,8 @@ def _check_saved_config(workdir: Path, model, config, optimizer, resume: bool,
     if differ:
       raise ValueError("cannot resume a run under a different config (the result would differ "
                        "from the run's): " + "; ".join(differ))
-  path.write_text(json.dumps(record, indent=2) + "\n")
+  if jax.process_index() == 0:
+    _write_text(path, json.dumps(record, indent=2) + "\n")
 
 
 def _write_final(workdir: Path, run: _Run, test_metrics, step: int) -> None:

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import jax
 
 from dlopt.cli import ConfigParser
 from dlopt.models import count_params
@@ -43,10 +46,13 @@ def unless_given(config, overrides: dict, group: str, given: frozenset):
 
 
 def run_directory(parser: ConfigParser, name: str, extras) -> Path:
-  """The run directory: `--workdir`, or a new `runs/<name>-<time>`; checks `--resume`."""
+  """The run directory: `--workdir`, or a new `runs/<name>-<time>` (the time
+  `DLOPT_RUN_STAMP` names, when `python -m dlopt.launch` starts several processes, so that
+  all choose the same); checks `--resume`."""
   if extras.resume and extras.workdir is None:
     parser.error("--resume needs --workdir: the run directory to continue")
-  return extras.workdir or Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S")
+  stamp = os.environ.get("DLOPT_RUN_STAMP") or time.strftime("%Y%m%d-%H%M%S")
+  return extras.workdir or Path("runs") / f"{name}-{stamp}"
 
 
 def run_fit(parser: ConfigParser, model, data, *, workdir: Path, resume: bool = False,
@@ -75,7 +81,10 @@ def fit_summary(result: FitResult, seconds: float) -> dict[str, Any]:
 
 
 def write_summary(workdir: Path, summary: dict[str, Any]) -> None:
-  """Adds `summary` to the run's `final_metrics.json` (written by fit) under "summary"."""
+  """Adds `summary` to the run's `final_metrics.json` (written by fit) under "summary";
+  with several processes, process 0 writes it."""
+  if jax.process_index() != 0:
+    return
   path = Path(workdir) / "final_metrics.json"
   final = json.loads(path.read_text()) if path.exists() else {}
   final["summary"] = summary

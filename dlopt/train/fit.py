@@ -127,8 +127,8 @@ def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerCo
   initialize_distributed()  # joins the other processes when the environment names them
   par = _data_parallel(config)
   train, val, test = _resolve_data(data, val_data, test_data, config, objective)
-  if par is not None:
-    par.check_batch_size(_train_batch_size(train, config))
+  # This process's rows of each global batch; checks that the batch splits over the devices.
+  rows = None if par is None else par.local_rows(_train_batch_size(train, config))
   steps_per_epoch = len(train)
   total_steps = config.epochs * steps_per_epoch
   tx = make_optimizer(optimizer, total_steps=total_steps)
@@ -162,8 +162,7 @@ def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerCo
     state = par.place_state(state, shardings)
     train_step = par.train_step(shardings, objective, optimizer.ema_decay, augment)
     eval_step = par.eval_step(shardings, objective, num_classes)
-  run = _Run(config, objective, eval_step, schedule, optimizer, par,
-             None if par is None else par.local_rows(_train_batch_size(train, config)))
+  run = _Run(config, objective, eval_step, schedule, optimizer, par, rows)
   keeps_best = config.patience is not None and config.restore_best and val is not None
 
   start_epoch, start_step, partial_sums, best = 0, 0, None, None
@@ -385,7 +384,17 @@ def _epoch_batches(train, epoch: int, start_step: int, rows: slice | None = None
     next(iterator)
   if rows is None:
     return iterator
-  return (jax.tree.map(lambda a: np.asarray(a)[rows], batch) for batch in iterator)
+  return (_local_rows(batch, rows) for batch in iterator)
+
+
+def _local_rows(batch, rows: slice):
+  """`rows` of a global batch from an iterable, checked to be of the one batch size."""
+  size = (rows.stop - rows.start) * jax.process_count()
+  if _num_examples(batch[0]) != size:
+    raise ValueError(f"data: in parallel mode every training batch must hold {size} examples "
+                     f"(the first one's number, split over the devices); got one of "
+                     f"{_num_examples(batch[0])}")
+  return jax.tree.map(lambda a: np.asarray(a)[rows], batch)
 
 
 def _rows_of_epoch(iterator: BatchIterator, epoch: int, start_step: int, rows: slice):

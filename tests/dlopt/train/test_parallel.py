@@ -127,3 +127,12 @@ def test_parallel_modes_and_their_errors():
   with pytest.raises(ValueError, match="FitConfig.parallel must be one of auto, none, pmap, "
                      "mesh, fsdp; got 'ddp'"):
     FitConfig(parallel="ddp")
+
+
+def test_parallel_batches_from_an_iterable_must_all_have_the_first_size():
+  x, y = load_digits()
+  batches = [(x[i:i + 32], y[i:i + 32]) for i in (0, 32)] + [(x[64:80], y[64:80])]
+  with pytest.raises(ValueError, match="every training batch must hold 32 examples .* got one "
+                     "of 16"):
+    fit(MLP(widths=(8,), num_outputs=10), batches, val_data=(x[100:120], y[100:120]),
+        config=FitConfig(epochs=1, progress=False, plot=False, parallel="mesh"))

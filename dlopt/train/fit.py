@@ -40,7 +40,7 @@ from dlopt.train.distributed import initialize as initialize_distributed
 from dlopt.train.evaluate import evaluate
 from dlopt.train.interrupt import StopRequest, stop_on_interrupt
 from dlopt.train.objective import Objective
-from dlopt.train.parallel import DATA_AXIS, DataParallel, resolve_mode
+from dlopt.train.parallel import DataParallel, data_parallel, sync_batch_norm
 from dlopt.train.state import TrainState, create_train_state
 from dlopt.train.steps import make_eval_step, make_train_step, model_args
 
@@ -125,7 +125,7 @@ def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerCo
   objective = Objective(config.loss, config.label_smoothing, config.l1, config.l2,
                         config.distill_temperature, config.distill_alpha)
   initialize_distributed()  # joins the other processes when the environment names them
-  par = _data_parallel(config)
+  par = data_parallel(config.parallel)
   train, val, test = _resolve_data(data, val_data, test_data, config, objective)
   # This process's rows of each global batch; checks that the batch splits over the devices.
   rows = None if par is None else par.local_rows(_train_batch_size(train, config))
@@ -136,7 +136,7 @@ def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerCo
     tx = optax.chain(tx, post_transform)
   schedule = make_schedule(optimizer, num_updates(optimizer, total_steps))
   sample_x = _sample_inputs(train)
-  run_model = _sync_batch_norm(model) if par is not None and par.mode == "pmap" else model
+  run_model = sync_batch_norm(model) if par is not None and par.mode == "pmap" else model
   try:
     state = create_train_state(run_model, tx, sample_x, seed=config.seed,
                                ema=optimizer.ema_decay is not None)
@@ -588,24 +588,6 @@ def _check_model_outputs(state: TrainState, sample_x, train, val, test, objectiv
       raise ValueError(f"{name}: labels must be in [0, {num_classes}) for a model with "
                        f"{num_classes} outputs; got labels in [{y.min()}, {y.max()}]")
   return num_classes
-
-
-def _data_parallel(config: FitConfig) -> DataParallel | None:
-  """The data-parallel layout `config.parallel` asks for, or None for one device."""
-  mode = resolve_mode(config.parallel)
-  if mode == "none":
-    if jax.process_count() > 1:
-      raise ValueError(f"parallel='none' trains on one device, but {jax.process_count()} "
-                       "processes have joined; use parallel='mesh', 'fsdp' or 'pmap'")
-    return None
-  return DataParallel.create(mode)
-
-
-def _sync_batch_norm(model: nn.Module) -> nn.Module:
-  """`model` with its batch statistics averaged over the devices in per-device steps."""
-  if "norm_axis_name" in {field.name for field in dataclasses.fields(model)}:
-    return model.clone(norm_axis_name=DATA_AXIS)
-  return model
 
 
 def _write_text(path: Path, text: str) -> None:

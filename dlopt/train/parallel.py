@@ -34,6 +34,7 @@ import functools
 import math
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
@@ -43,8 +44,8 @@ from dlopt.train.objective import Objective
 from dlopt.train.state import TrainState
 from dlopt.train.steps import eval_step, train_step
 
-__all__ = ["DATA_AXIS", "FSDP_MIN_SIZE", "MODES", "DataParallel", "fsdp_spec", "make_mesh",
-           "resolve_mode"]
+__all__ = ["DATA_AXIS", "FSDP_MIN_SIZE", "MODES", "DataParallel", "data_parallel", "fsdp_spec",
+           "make_mesh", "resolve_mode", "sync_batch_norm"]
 
 DATA_AXIS = "data"
 FSDP_MIN_SIZE = 2 ** 10  # elements; smaller leaves stay replicated under fsdp
@@ -67,6 +68,29 @@ def resolve_mode(parallel: str, device_count: int | None = None) -> str:
     return parallel
   device_count = jax.device_count() if device_count is None else device_count
   return "mesh" if device_count > 1 else "none"
+
+
+def data_parallel(parallel: str) -> DataParallel | None:
+  """The `DataParallel` that `FitConfig.parallel` names over every device, or None for one.
+
+  Raises:
+    ValueError: for "none" when several processes have joined (each would train alone).
+  """
+  mode = resolve_mode(parallel)
+  if mode == "none":
+    if jax.process_count() > 1:
+      raise ValueError(f"parallel='none' trains on one device, but {jax.process_count()} "
+                       "processes have joined; use parallel='mesh', 'fsdp' or 'pmap'")
+    return None
+  return DataParallel.create(mode)
+
+
+def sync_batch_norm(model: nn.Module) -> nn.Module:
+  """`model` with batch statistics averaged over `data` in per-device (pmap) steps: a clone
+  with `norm_axis_name="data"` when the model has that field, else `model` itself."""
+  if "norm_axis_name" in {field.name for field in dataclasses.fields(model)}:
+    return model.clone(norm_axis_name=DATA_AXIS)
+  return model
 
 
 def make_mesh() -> Mesh:

@@ -8,8 +8,8 @@ devices of each process side by side) and the mode:
   all-reduce, and batch norm computes the global batch's statistics: no collective is
   written by hand.
 - "fsdp": as "mesh", with every large leaf of the state (parameters, optimizer state, EMA)
-  sharded along `data` (ZeRO-3 through sharding annotations: XLA gathers the parameters
-  where they are used and reduce-scatters their gradients).
+  sharded along `data` (ZeRO-3 through sharding annotations: XLA all-gathers each parameter
+  where it is used and reduces its gradient onto the shards; each device updates its shard).
 - "pmap": `jax.pmap` of `train_step(..., axis_name="data")`, the per-device step that
   averages gradients and metrics with `lax.pmean` (models sync batch norm through their
   `norm_axis_name`). The state goes in unmapped (`in_axes=None`: replicated, no leading
@@ -18,13 +18,12 @@ devices of each process side by side) and the mode:
 Every process passes only its own rows of each global batch (`local_rows`); the global
 array is built with `jax.make_array_from_process_local_data`.
 
->>> from dlopt.train import Objective
->>> par = DataParallel.create("fsdp")                                   # doctest: +SKIP
->>> shardings = par.state_shardings(state)                              # doctest: +SKIP
->>> state = par.place_state(state, shardings)                           # doctest: +SKIP
->>> step = par.train_step(shardings, Objective())                       # doctest: +SKIP
->>> state, metrics = step(state, jax.tree.map(lambda a: a[par.local_rows(64)], batch))
-...                                                                     # doctest: +SKIP
+>>> par = DataParallel.create("fsdp")                     # doctest: +SKIP
+>>> shardings = par.state_shardings(state)                # doctest: +SKIP
+>>> state = par.place_state(state, shardings)             # doctest: +SKIP
+>>> step = par.train_step(shardings, Objective())         # doctest: +SKIP
+>>> rows = par.local_rows(len(y))   # (x, y): a global batch # doctest: +SKIP
+>>> state, metrics = step(state, (x[rows], y[rows]))      # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -202,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   else:
     own, command = argv, []
   parser = argparse.ArgumentParser(
-      prog="python -m dlopt.launch", description=__doc__.split("\n\n")[0],
+      prog="python -m dlopt.launch", description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
       usage="python -m dlopt.launch [options] -- script.py [args ...]")
   parser.add_argument("--num-processes", type=int, required=True,
                       help="processes to start, joined by jax.distributed.initialize")

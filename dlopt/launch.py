@@ -5,12 +5,12 @@
 
 Each child gets `DLOPT_COORDINATOR` (a free port on 127.0.0.1), `DLOPT_NUM_PROCESSES` and
 `DLOPT_PROCESS_ID`, which `dlopt.train.fit` hands to `jax.distributed.initialize`;
-`--devices-per-process K` makes each child a CPU process with K fake devices (for trying
-multi-process training on one machine; without it each child sees the machine's own
-devices, so give each its own GPUs with CUDA_VISIBLE_DEVICES yourself). The children's
-output is streamed with a `[i]` prefix. When one exits non-zero the others are
-terminated and the launcher exits with that code, so no process waits forever on a
-dead peer; `--timeout` bounds the whole run.
+`--devices-per-process K` makes each child a CPU process with K fake devices, for trying
+multi-process training on one machine (without it every child sees all of the machine's
+devices: for the GPUs of one host, run one process with `--parallel mesh` instead). The
+children's output is streamed with a `[i]` prefix. When one exits non-zero the others are
+terminated and the launcher exits with that code, so no process waits forever on a dead
+peer; `--timeout` bounds the whole run; Ctrl-C asks all to save a checkpoint and stop.
 
 This is a local stand-in for a cluster's launcher (SLURM, mpirun, a TPU pod's): on real
 hosts start one process per host with the same variables set (see

@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dlopt.data import fetch
@@ -83,3 +84,30 @@ def test_charlm_holds_out_spread_blocks_of_every_text():
   assert runs["test"] == [texts["a"][i * 100:(i + 1) * 100] for i in (19, 39, 59, 79, 99)] + [
       texts["b"][i * 100:(i + 1) * 100] for i in (19, 39, 59, 79)]
   assert runs["train"][0] == texts["a"][:900]            # adjacent train blocks stay one run
+
+
+@pytest.mark.parametrize("length", [9, 20, 21, 130])
+def test_charlm_context_windows_score_every_character_once_with_context(length):
+  context_windows = _load("transformer_charlm").context_windows
+  codes = np.arange(length)
+  x, y, weights = context_windows(codes, 8)
+  np.testing.assert_array_equal(y, x + 1)
+  np.testing.assert_array_equal(np.sort(y[weights > 0]), np.arange(1, length))   # once each
+  if len(x) > 1:
+    assert np.argmax(weights[1:] > 0, axis=1).min() >= 4   # >= context // 2 before each
+  with pytest.raises(ValueError, match="context=8"):
+    context_windows(np.arange(8), 8)
+
+
+def test_charlm_bits_per_char_is_the_mean_cross_entropy_in_bits():
+  import jax
+  import optax
+
+  from dlopt.models import DecoderLM
+  bits_per_char = _load("transformer_charlm").bits_per_char
+  model = DecoderLM(vocab_size=7, num_layers=1, width=8, num_heads=2, max_len=12)
+  codes = np.random.default_rng(0).integers(0, 7, 13).astype(np.int32)   # one window
+  params = model.init(jax.random.key(0), codes[None, :12])["params"]
+  logits = model.apply({"params": params}, codes[None, :12])
+  nats = optax.softmax_cross_entropy_with_integer_labels(logits, codes[None, 1:]).mean()
+  assert abs(bits_per_char(model, params, codes) - float(nats) / np.log(2)) < 1e-5

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 
+import jax
 import numpy as np
 
 from dlopt.cli import ConfigParser
@@ -70,9 +71,11 @@ def main(argv=None) -> int:
     summary[f"{name}_test_mse"] = record["test_mse"]
     summary[f"{name}_vs_closed_form"] = record["test_mse"] / closed_form
     summary[f"{name}_seconds"] = record["seconds"]
-  (workdir / "final_metrics.json").write_text(json.dumps({"summary": summary}, indent=2) + "\n")
-  _plot_side_by_side({k: v["history"] for k, v in results.items()}, y_std ** 2,
-                     workdir / "mse_curves.png")
+  if jax.process_index() == 0:  # with several processes, one writes the shared files
+    (workdir / "final_metrics.json").write_text(json.dumps({"summary": summary}, indent=2)
+                                                + "\n")
+    _plot_side_by_side({k: v["history"] for k, v in results.items()}, y_std ** 2,
+                       workdir / "mse_curves.png")
   print(f"test MSE: least squares {closed_form:.1f}, gradient descent "
         f"{summary['sgd_test_mse']:.1f} ({summary['sgd_vs_closed_form']:.3f}x), Adam "
         f"{summary['adam_test_mse']:.1f} ({summary['adam_vs_closed_form']:.3f}x)")

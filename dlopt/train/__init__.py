@@ -16,13 +16,13 @@ from dlopt.train.distributed import initialize as initialize_distributed
 from dlopt.train.evaluate import evaluate
 from dlopt.train.fit import FitResult, NonFiniteLossError, fit
 from dlopt.train.objective import Objective
-from dlopt.train.parallel import DataParallel
+from dlopt.train.parallel import DataParallel, ProcessLocal, process_shard
 from dlopt.train.state import TrainState, create_train_state
 from dlopt.train.steps import eval_step, make_eval_step, make_train_step, train_step
 
 __all__ = [
     "Checkpointer", "DataParallel", "EarlyStopping", "FitConfig", "FitResult",
-    "NonFiniteLossError", "Objective", "TrainState", "create_train_state", "eval_step",
-    "evaluate", "fit", "initialize_distributed", "make_eval_step", "make_train_step",
-    "plot_curves", "train_step",
+    "NonFiniteLossError", "Objective", "ProcessLocal", "TrainState", "create_train_state",
+    "eval_step", "evaluate", "fit", "initialize_distributed", "make_eval_step",
+    "make_train_step", "plot_curves", "process_shard", "train_step",
 ]

@@ -40,7 +40,7 @@ from dlopt.train.distributed import initialize as initialize_distributed
 from dlopt.train.evaluate import evaluate
 from dlopt.train.interrupt import StopRequest, stop_on_interrupt
 from dlopt.train.objective import Objective
-from dlopt.train.parallel import DataParallel, data_parallel, sync_batch_norm
+from dlopt.train.parallel import DataParallel, ProcessLocal, data_parallel, sync_batch_norm
 from dlopt.train.state import TrainState, create_train_state
 from dlopt.train.steps import make_eval_step, make_train_step, model_args
 
@@ -129,6 +129,8 @@ def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerCo
   train, val, test = _resolve_data(data, val_data, test_data, config, objective)
   # This process's rows of each global batch; checks that the batch splits over the devices.
   rows = None if par is None else par.local_rows(_train_batch_size(train, config))
+  if isinstance(train, ProcessLocal):
+    _check_same_length_everywhere(train)
   steps_per_epoch = len(train)
   total_steps = config.epochs * steps_per_epoch
   tx = make_optimizer(optimizer, total_steps=total_steps)
@@ -375,16 +377,32 @@ def _epoch_batches(train, epoch: int, start_step: int, rows: slice | None = None
   (gathered from the arrays alone, when the batches come from arrays)."""
   if isinstance(train, _TreeBatches):
     return train.epoch(epoch, start_step, rows)
+  if isinstance(train, ProcessLocal) and rows is not None:  # this process's rows already
+    return (_checked_local(batch, rows.stop - rows.start)
+            for batch in _skip(iter(train), start_step))
   if isinstance(train, BatchIterator):
     if rows is None:
       return train.epoch(epoch, start_step)
     return _rows_of_epoch(train, epoch, start_step, rows)
-  iterator = iter(train)
-  for _ in range(start_step):
-    next(iterator)
+  iterator = _skip(iter(train), start_step)
   if rows is None:
     return iterator
   return (_local_rows(batch, rows) for batch in iterator)
+
+
+def _skip(iterator, count: int):
+  """`iterator` after its first `count` items (a resumed epoch)."""
+  for _ in range(count):
+    next(iterator)
+  return iterator
+
+
+def _checked_local(batch, size: int):
+  """A `ProcessLocal` batch, checked to hold this process's `size` rows."""
+  if _num_examples(batch[0]) != size:
+    raise ValueError(f"data: every ProcessLocal batch must hold batch_size / num_processes = "
+                     f"{size} examples; got one of {_num_examples(batch[0])}")
+  return batch
 
 
 def _local_rows(batch, rows: slice):
@@ -405,8 +423,22 @@ def _rows_of_epoch(iterator: BatchIterator, epoch: int, start_step: int, rows: s
     yield tuple(a[indices] for a in iterator.arrays)
 
 
+def _check_same_length_everywhere(train: ProcessLocal) -> None:
+  """Raises ValueError unless every process has as many training batches per epoch."""
+  if jax.process_count() == 1:
+    return
+  lengths = multihost_utils.process_allgather(np.int32(len(train)))
+  if len(set(np.ravel(lengths).tolist())) > 1:
+    raise ValueError("data: every process's ProcessLocal batches must have one len(); got "
+                     f"{np.ravel(lengths).tolist()} (by process)")
+
+
 def _train_batch_size(train, config: FitConfig) -> int:
-  """The size of every training batch (checked to be one size where that can be known)."""
+  """The size of every (global) training batch (checked to be one size where that can be
+  known)."""
+  if isinstance(train, ProcessLocal):
+    x, _ = next(iter(train))
+    return _num_examples(x) * jax.process_count()
   if isinstance(train, _TreeBatches):
     return train.iterator.batch_size
   if isinstance(train, BatchIterator):

@@ -39,12 +39,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from dlopt.train.distributed import initialize as initialize_distributed
 from dlopt.train.objective import Objective
 from dlopt.train.state import TrainState
 from dlopt.train.steps import eval_step, train_step
 
-__all__ = ["DATA_AXIS", "FSDP_MIN_SIZE", "MODES", "DataParallel", "data_parallel", "fsdp_spec",
-           "make_mesh", "resolve_mode", "sync_batch_norm"]
+__all__ = ["DATA_AXIS", "FSDP_MIN_SIZE", "MODES", "DataParallel", "ProcessLocal", "data_parallel",
+           "fsdp_spec", "make_mesh", "process_shard", "resolve_mode", "sync_batch_norm"]
 
 DATA_AXIS = "data"
 FSDP_MIN_SIZE = 2 ** 10  # elements; smaller leaves stay replicated under fsdp
@@ -82,6 +83,40 @@ def data_parallel(parallel: str) -> DataParallel | None:
                        "processes have joined; use parallel='mesh', 'fsdp' or 'pmap'")
     return None
   return DataParallel.create(mode)
+
+
+def process_shard(num_examples: int) -> slice:
+  """This process's contiguous block of `num_examples` rows (all of them for one process):
+  process `p` of `P` gets `[p * n // P, (p + 1) * n // P)`. Load only these rows, then
+  hand `fit` your batches of them wrapped in `ProcessLocal`. Joins the processes first
+  (`initialize_distributed`), so it may come before any other JAX call."""
+  initialize_distributed()
+  p, count = jax.process_index(), jax.process_count()
+  return slice(p * num_examples // count, (p + 1) * num_examples // count)
+
+
+class ProcessLocal:
+  """Training batches this process loaded itself: its own part of every global batch.
+
+  `fit(model, ProcessLocal(batches), val_data=..., config=...)` takes each `(x, y)` of
+  `batches` (a re-iterable with `len()`, e.g. over the rows of `process_shard`) as this
+  process's `batch_size / num_processes` rows of the global batch, and builds the global
+  batch with `jax.make_array_from_process_local_data`, so no process ever holds the rest of
+  the training data. Every process must yield as many batches per epoch, each of
+  `batch_size / num_processes` examples. With one process it is a plain iterable of batches.
+  """
+
+  def __init__(self, batches):
+    if not (hasattr(batches, "__iter__") and hasattr(batches, "__len__")):
+      raise ValueError("ProcessLocal needs a re-iterable of (x, y) batches with len(); got "
+                       f"{type(batches).__name__}")
+    self.batches = batches
+
+  def __len__(self) -> int:
+    return len(self.batches)
+
+  def __iter__(self):
+    return iter(self.batches)
 
 
 def sync_batch_norm(model: nn.Module) -> nn.Module:

@@ -96,6 +96,20 @@ def test_two_processes_train_like_one_and_their_checkpoint_resumes_in_one(tmp_pa
 
 
 @pytest.mark.slow
+def test_processes_that_load_only_their_own_rows_train_like_one(tmp_path):
+  two = _launch(2, "train", "--local-data", "--out", str(tmp_path / "two.npz"),
+                "--parallel", "mesh")
+  one = _job("train", "--local-data", "--as-one", "2", "--out", str(tmp_path / "one.npz"),
+             "--parallel", "none")
+  (code_two, out_two), (code_one, out_one) = _finish(two), _finish(one)
+  assert code_two == 0, out_two[-4000:]
+  assert code_one == 0, out_one[-4000:]
+  assert "process 1 of 2 done: step 8, 4 devices" in out_two
+  assert "process 0 of 1 done: step 8, 1 devices" in out_one
+  _assert_same_params(tmp_path / "one.npz", tmp_path / "two.npz")
+
+
+@pytest.mark.slow
 def test_a_dead_process_fails_the_others_in_bounded_time(tmp_path):
   started = time.monotonic()
   # Under the launcher: it stops the survivor at once.
@@ -169,3 +183,11 @@ def test_initialize_is_a_no_op_for_one_process_and_checks_its_values(monkeypatch
   monkeypatch.setenv("DLOPT_NUM_PROCESSES", "two")
   with pytest.raises(ValueError, match="DLOPT_NUM_PROCESSES must be an integer; got 'two'"):
     distributed.initialize()
+
+
+def test_process_local_wants_batches_with_len_and_one_process_shards_nothing():
+  from dlopt.train import ProcessLocal, process_shard
+  with pytest.raises(ValueError, match="ProcessLocal needs a re-iterable"):
+    ProcessLocal(iter([]))
+  assert len(ProcessLocal([(np.zeros(2), np.zeros(2))] * 3)) == 3
+  assert process_shard(10) == slice(0, 10)

@@ -149,7 +149,8 @@ def main(argv=None) -> int:
   extras = args.extras
   if extras.context < 2:
     parser.error(f"--context must be an integer >= 2; got {extras.context}")
-  extras.stride = extras.stride or extras.context
+  if extras.stride is None:
+    extras.stride = extras.context
   if not 1 <= extras.stride <= extras.context:
     parser.error(f"--stride must be an integer in [1, --context={extras.context}]; "
                  f"got {extras.stride}")
@@ -185,7 +186,7 @@ def main(argv=None) -> int:
   summary["test_bits_per_char"] = bits_per_char(model, result.state.eval_params,
                                                 encoded["test"])
   prompt = encoded["test"][:extras.context // 2]
-  drawn = sample(model, result.state.params, prompt, extras.sample_chars,
+  drawn = sample(model, result.state.eval_params, prompt, extras.sample_chars,
                  jax.random.key(config.seed))
   summary["sample"] = "".join(vocab[c] for c in drawn)
   write_summary(workdir, summary)

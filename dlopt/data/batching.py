@@ -145,17 +145,22 @@ class BatchIterator:
       self._cached_epoch = epoch
     return self._cached_order
 
-  def _batch(self, order: np.ndarray, step: int) -> Batch:
+  def _batch(self, order: np.ndarray, step: int, rows: slice | None = None) -> Batch:
     indices = order[step * self.batch_size : (step + 1) * self.batch_size]
+    if rows is not None:
+      indices = indices[rows]
     return tuple(a[indices] for a in self.arrays)
 
-  def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+  def epoch(self, epoch: int, start_step: int = 0,
+            rows: slice | None = None) -> Iterator[Batch]:
     """Yields the batches of one epoch, from step `start_step` on.
 
     Args:
       epoch: epoch index, >= 0.
       start_step: first step to yield, in [0, steps_per_epoch]; resuming at
         step k yields exactly the batches k, k + 1, ... of the full epoch.
+      rows: only these rows of each batch (one process's part of a global
+        batch; only they are gathered from the arrays); None for all.
 
     Returns:
       An iterator over tuples of numpy arrays, one per input array, each
@@ -169,7 +174,7 @@ class BatchIterator:
           f" {start_step}."
       )
     return (
-        self._batch(order, step)
+        self._batch(order, step, rows)
         for step in range(start_step, self.steps_per_epoch)
     )
 

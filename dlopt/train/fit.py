@@ -381,9 +381,7 @@ def _epoch_batches(train, epoch: int, start_step: int, rows: slice | None = None
     return (_checked_local(batch, rows.stop - rows.start)
             for batch in _skip(iter(train), start_step))
   if isinstance(train, BatchIterator):
-    if rows is None:
-      return train.epoch(epoch, start_step)
-    return _rows_of_epoch(train, epoch, start_step, rows)
+    return train.epoch(epoch, start_step, rows)
   iterator = _skip(iter(train), start_step)
   if rows is None:
     return iterator
@@ -413,14 +411,6 @@ def _local_rows(batch, rows: slice):
                      f"(the first one's number, split over the devices); got one of "
                      f"{_num_examples(batch[0])}")
   return jax.tree.map(lambda a: np.asarray(a)[rows], batch)
-
-
-def _rows_of_epoch(iterator: BatchIterator, epoch: int, start_step: int, rows: slice):
-  """`iterator.epoch(epoch, start_step)` with only `rows` of each batch gathered."""
-  order, size = iterator.permutation(epoch), iterator.batch_size
-  for step in range(start_step, len(iterator)):
-    indices = order[step * size:(step + 1) * size][rows]
-    yield tuple(a[indices] for a in iterator.arrays)
 
 
 def _check_same_length_everywhere(train: ProcessLocal) -> None:
@@ -502,9 +492,8 @@ class _TreeBatches:
     return len(self.iterator)
 
   def epoch(self, epoch: int, start_step: int = 0, rows: slice | None = None):
-    batches = (self.iterator.epoch(epoch, start_step) if rows is None
-               else _rows_of_epoch(self.iterator, epoch, start_step, rows))
-    return (jax.tree.unflatten(self.treedef, batch) for batch in batches)
+    return (jax.tree.unflatten(self.treedef, batch)
+            for batch in self.iterator.epoch(epoch, start_step, rows))
 
 
 def _resolve_data(data, val_data, test_data, config: FitConfig, objective: Objective):

@@ -39,6 +39,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from dlopt.train.config import PARALLEL_MODES
 from dlopt.train.distributed import initialize as initialize_distributed
 from dlopt.train.objective import Objective
 from dlopt.train.state import TrainState
@@ -49,7 +50,7 @@ __all__ = ["DATA_AXIS", "FSDP_MIN_SIZE", "MODES", "DataParallel", "ProcessLocal"
 
 DATA_AXIS = "data"
 FSDP_MIN_SIZE = 2 ** 10  # elements; smaller leaves stay replicated under fsdp
-MODES = ("pmap", "mesh", "fsdp")
+MODES = tuple(mode for mode in PARALLEL_MODES if mode not in ("auto", "none"))  # multi-device
 
 
 def resolve_mode(parallel: str, device_count: int | None = None) -> str:
@@ -62,8 +63,8 @@ def resolve_mode(parallel: str, device_count: int | None = None) -> str:
   Returns:
     "none", "pmap", "mesh" or "fsdp".
   """
-  if parallel not in ("auto", "none", *MODES):
-    raise ValueError(f"parallel must be one of auto, none, {', '.join(MODES)}; got {parallel!r}")
+  if parallel not in PARALLEL_MODES:
+    raise ValueError(f"parallel must be one of {', '.join(PARALLEL_MODES)}; got {parallel!r}")
   if parallel != "auto":
     return parallel
   device_count = jax.device_count() if device_count is None else device_count
@@ -90,6 +91,8 @@ def process_shard(num_examples: int) -> slice:
   process `p` of `P` gets `[p * n // P, (p + 1) * n // P)`. Load only these rows, then
   hand `fit` your batches of them wrapped in `ProcessLocal`. Joins the processes first
   (`initialize_distributed`), so it may come before any other JAX call."""
+  if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 0:
+    raise ValueError(f"num_examples must be an integer >= 0; got {num_examples!r}")
   initialize_distributed()
   p, count = jax.process_index(), jax.process_count()
   return slice(p * num_examples // count, (p + 1) * num_examples // count)

@@ -42,6 +42,14 @@ def test_batches_gather_all_arrays_with_the_same_indices():
     np.testing.assert_array_equal(x[:, 0], y.astype(np.float32))
 
 
+def test_rows_are_each_process_part_of_the_same_batches():
+  it = BatchIterator(_arrays(24), 6, seed=3)
+  whole = _ids(it.epoch(1, start_step=1))
+  parts = [_ids(it.epoch(1, start_step=1, rows=slice(i, i + 3))) for i in (0, 3)]
+  assert [a + b for a, b in zip(*parts)] == whole
+  assert all(len(batch) == 3 for batch in parts[0])
+
+
 def test_every_example_exactly_once_without_drop_last():
   it = BatchIterator(_arrays(), 5, seed=0, drop_last=False)
   assert it.steps_per_epoch == len(it) == 5

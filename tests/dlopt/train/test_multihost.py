@@ -111,8 +111,7 @@ def test_processes_that_load_only_their_own_rows_train_like_one(tmp_path):
 
 @pytest.mark.slow
 def test_a_dead_process_fails_the_others_in_bounded_time(tmp_path):
-  started = time.monotonic()
-  # Under the launcher: it stops the survivor at once.
+  # Bounded: _finish fails the test if a process outlives its timeout. Under the launcher: it stops the survivor at once.
   launched = _launch(2, "train", "--die-at", "2", timeout=120)
   # Without it: JAX's heartbeat (5 s here) fails the survivor.
   port = str(launch.free_port())
@@ -128,18 +127,17 @@ def test_a_dead_process_fails_the_others_in_bounded_time(tmp_path):
   assert code_1 == 3 and "dies before step 2" in out_1, out_1[-2000:]
   assert code_0 != 0 and "done:" not in out_0
   assert "another task died" in out_0 or "stopped sending heartbeats" in out_0, out_0[-4000:]
-  assert time.monotonic() - started < 150
 
 
 def test_launcher_stops_the_others_when_one_fails():
   sink = io.StringIO()
   started = time.monotonic()
-  # Process 1 fails at once; process 0 would sleep a minute.
+  # Process 1 fails at once; process 0 would sleep ten minutes if nobody stopped it.
   code = launch.launch([sys.executable, "-c", "import os, sys, time; "
-                        "time.sleep(60) if os.environ['DLOPT_PROCESS_ID'] == '0' "
+                        "time.sleep(600) if os.environ['DLOPT_PROCESS_ID'] == '0' "
                         "else sys.exit(5)"], 2, sink=sink)
   assert code == 5
-  assert time.monotonic() - started < 30
+  assert time.monotonic() - started < 300  # stopped, not waited for (not a speed check)
   assert "[launch] process 1 exited with code 5; stopping the other 1 still running" in (
       sink.getvalue())
 
@@ -191,3 +189,5 @@ def test_process_local_wants_batches_with_len_and_one_process_shards_nothing():
     ProcessLocal(iter([]))
   assert len(ProcessLocal([(np.zeros(2), np.zeros(2))] * 3)) == 3
   assert process_shard(10) == slice(0, 10)
+  with pytest.raises(ValueError, match="num_examples must be an integer >= 0; got -1"):
+    process_shard(-1)

@@ -28,6 +28,7 @@ __all__ = ["CNN", "NORMS", "ResidualBlock", "ResidualCNN"]
 NORMS = ("batch", "group", "none")
 BATCH_NORM_MOMENTUM = 0.9
 _IMAGES = "images [batch, height, width, channels]"
+_PADDINGS = ("SAME", "VALID")
 
 
 def _check_norm(norm: str) -> None:
@@ -59,7 +60,9 @@ class CNN(nn.Module):
     dropout_rate: dropout before the last layer, 0 <= rate < 1; active only
       when `train=True`, drawing from the 'dropout' RNG stream.
     conv_impl: the `impl` of `kernels.conv2d` for the convs, each fused with
-      its bias and relu ("auto", "xla", "xla_gemm", "pallas", ...).
+      its bias, relu and pool ("auto", "xla", "xla_gemm", "pallas", ...).
+    padding: the convs' padding, "SAME" (keeps height and width) or "VALID"
+      (shrinks them by 2, as Keras' `Conv2D` does by default).
   """
 
   num_classes: int = 10
@@ -67,6 +70,7 @@ class CNN(nn.Module):
   dense_width: int = 128
   dropout_rate: float = 0.0
   conv_impl: str = "auto"
+  padding: str = "SAME"
 
   def __post_init__(self):
     self.features = tuple(self.features)
@@ -75,6 +79,8 @@ class CNN(nn.Module):
     _utils.check_positive("dense_width", self.dense_width)
     _utils.check_dropout_rate(self.dropout_rate)
     check_conv_impl(self.conv_impl)
+    if self.padding not in _PADDINGS:
+      raise ValueError(f"padding must be one of {_PADDINGS}; got padding={self.padding!r}")
     super().__post_init__()
 
   @nn.compact
@@ -95,9 +101,8 @@ class CNN(nn.Module):
     _utils.check_ndim("CNN", x, 4, _IMAGES)
     for i, f in enumerate(self.features):
       # Named as flax.linen.Conv would be, so parameter trees match nn.Conv's.
-      x = FusedConv(f, (3, 3), activation="relu", impl=self.conv_impl,
-                    name=f"Conv_{i}")(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = FusedConv(f, (3, 3), padding=self.padding, activation="relu", pool=2,
+                    impl=self.conv_impl, name=f"Conv_{i}")(x)
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(self.dense_width)(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

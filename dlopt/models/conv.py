@@ -19,6 +19,7 @@ the pre-activation never goes to memory.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import functools
 
 import flax.linen as nn
 import jax
@@ -28,7 +29,12 @@ import kernels
 from kernels.conv import IMPLS
 from kernels.conv.canonical import ACTIVATIONS
 
+from dlopt.models.pooling import check_pool_window, max_pool
+
 __all__ = ["FusedConv", "check_conv_impl"]
+
+# Activations that commute with a max: act(max(z) + b) == max(act(z + b)).
+_NON_DECREASING = (None, "relu")
 
 
 def check_conv_impl(conv_impl: str) -> None:
@@ -49,6 +55,11 @@ class FusedConv(nn.Module):
     feature_group_count: groups; the input channel count must be a multiple.
     use_bias: whether to add a learned bias.
     activation: None, "relu", "gelu" or "silu", applied after the residual is added.
+    pool: None, or the window (and stride) of a max pool over the activated output,
+      `max_pool(activation(conv(x) + bias + residual), pool)`. For None and "relu", which
+      never decrease, that equals `activation(max_pool(conv(x) + residual) + bias)`, and
+      the layer computes it so: the bias, the activation and their gradients then touch
+      a quarter of the pixels (pool 2), and nothing but the pool reads the full-size map.
     impl: the `impl` of `kernels.conv2d` ("auto", "xla", "xla_gemm", "pallas", ...).
     dtype: the computation dtype; None promotes the input's and the parameters'.
     param_dtype: the parameters' dtype.
@@ -63,6 +74,7 @@ class FusedConv(nn.Module):
   feature_group_count: int = 1
   use_bias: bool = True
   activation: str | None = None
+  pool: int | None = None
   impl: str = "auto"
   dtype: jnp.dtype | None = None
   param_dtype: jnp.dtype = jnp.float32
@@ -75,6 +87,7 @@ class FusedConv(nn.Module):
       raise ValueError(f"activation must be one of {ACTIVATIONS}; "
                        f"got activation={self.activation!r}")
     check_conv_impl(self.impl)
+    check_pool_window("pool", self.pool)
     super().__post_init__()
 
   @nn.compact
@@ -86,7 +99,8 @@ class FusedConv(nn.Module):
       residual: `[batch, out_h, out_w, features]` added before the activation, or None.
 
     Returns:
-      `[batch, out_h, out_w, features]` in the computation dtype.
+      `[batch, out_h, out_w, features]` in the computation dtype, or
+      `[batch, out_h // pool, out_w // pool, features]` with `pool`.
     """
     in_channels = x.shape[-1]
     kernel = self.param("kernel", self.kernel_init,
@@ -96,6 +110,15 @@ class FusedConv(nn.Module):
             if self.use_bias else None)
     x, kernel, bias, residual = nn.dtypes.promote_dtype(x, kernel, bias, residual,
                                                         dtype=self.dtype)
-    return kernels.conv2d(x, kernel, bias, stride=self.strides, padding=self.padding,
-                          dilation=self.kernel_dilation, groups=self.feature_group_count,
-                          activation=self.activation, residual=residual, impl=self.impl)
+    conv = functools.partial(kernels.conv2d, stride=self.strides, padding=self.padding,
+                             dilation=self.kernel_dilation, groups=self.feature_group_count,
+                             impl=self.impl)
+    if self.pool is None:
+      return conv(x, kernel, bias, activation=self.activation, residual=residual)
+    if self.activation not in _NON_DECREASING:
+      return max_pool(conv(x, kernel, bias, activation=self.activation, residual=residual),
+                      self.pool)
+    y = max_pool(conv(x, kernel, None, residual=residual), self.pool)
+    if bias is not None:
+      y = y + bias
+    return jax.nn.relu(y) if self.activation == "relu" else y

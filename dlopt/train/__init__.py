@@ -19,8 +19,10 @@ from dlopt.train.objective import Objective
 from dlopt.train.parallel import DataParallel, ProcessLocal, process_shard
 from dlopt.train.state import TrainState, create_train_state
 from dlopt.train.steps import eval_step, make_eval_step, make_train_step, train_step
+from dlopt.train.xla_options import step_compiler_options
 
 __all__ = [
+    "step_compiler_options",
     "Checkpointer", "DataParallel", "EarlyStopping", "FitConfig", "FitResult",
     "NonFiniteLossError", "Objective", "ProcessLocal", "TrainState", "create_train_state",
     "eval_step", "evaluate", "fit", "initialize_distributed", "make_eval_step",

@@ -43,6 +43,7 @@ from dlopt.train.objective import Objective
 from dlopt.train.parallel import DataParallel, ProcessLocal, data_parallel, sync_batch_norm
 from dlopt.train.state import TrainState, create_train_state
 from dlopt.train.steps import make_eval_step, make_train_step, model_args
+from dlopt.train.xla_options import step_compiler_options
 
 __all__ = ["fit", "FitResult", "NonFiniteLossError"]
 
@@ -150,9 +151,12 @@ def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerCo
     state = _with_variables(state, init_variables)
   num_classes = _check_model_outputs(state, sample_x, train, val, test, objective)
 
+  options = step_compiler_options(
+      state.apply_fn, {"params": state.params, **state.model_state}, *model_args(sample_x),
+      train=False)
   if par is None:
-    train_step = make_train_step(objective, optimizer.ema_decay, augment)
-    eval_step = make_eval_step(objective, num_classes)
+    train_step = make_train_step(objective, optimizer.ema_decay, augment, options)
+    eval_step = make_eval_step(objective, num_classes, options)
   else:
     if par.mode == "pmap" and state.model_state and run_model is model:
       raise ValueError(
@@ -162,8 +166,8 @@ def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerCo
           "parallel='mesh'")
     shardings = par.state_shardings(state)
     state = par.place_state(state, shardings)
-    train_step = par.train_step(shardings, objective, optimizer.ema_decay, augment)
-    eval_step = par.eval_step(shardings, objective, num_classes)
+    train_step = par.train_step(shardings, objective, optimizer.ema_decay, augment, options)
+    eval_step = par.eval_step(shardings, objective, num_classes, options)
   run = _Run(config, objective, eval_step, schedule, optimizer, par, rows)
   keeps_best = config.patience is not None and config.restore_best and val is not None
 

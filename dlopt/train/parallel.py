@@ -253,12 +253,14 @@ class DataParallel:
     return jax.tree.map(make, local_batch)
 
   def train_step(self, shardings: TrainState, objective: Objective,
-                 ema_decay: float | None = None, augment=None) -> Callable:
+                 ema_decay: float | None = None, augment=None,
+                 compiler_options: dict | None = None) -> Callable:
     """The data-parallel `train_step`, the state donated.
 
     Args:
       shardings: the state's shardings (`state_shardings`).
       objective, ema_decay, augment: as `dlopt.train.train_step`.
+      compiler_options: XLA options for `jax.jit` (not used by "pmap").
 
     Returns:
       `step(state, local_batch) -> (state, metrics)`, `local_batch` being this process's
@@ -268,7 +270,8 @@ class DataParallel:
                               augment=augment)
     if self.mode != "pmap":
       jitted = jax.jit(bound, in_shardings=(shardings, self.batch_sharding),
-                       out_shardings=(shardings, self.replicated), donate_argnums=0)
+                       out_shardings=(shardings, self.replicated), donate_argnums=0,
+                       compiler_options=compiler_options)
       return lambda state, local_batch: jitted(state, self.global_batch(local_batch))
 
     pmapped = jax.pmap(functools.partial(bound, axis_name=DATA_AXIS), axis_name=DATA_AXIS,
@@ -287,8 +290,10 @@ class DataParallel:
     return step
 
   def eval_step(self, shardings: TrainState, objective: Objective,
-                num_classes: int | None = None) -> Callable:
-    """The data-parallel `eval_step` (every mode evaluates through the mesh).
+                num_classes: int | None = None,
+                compiler_options: dict | None = None) -> Callable:
+    """The data-parallel `eval_step` (every mode evaluates through the mesh), jitted with
+    `compiler_options`.
 
     Returns:
       `step(state, batch, weights) -> sums`, `batch` and `weights` [B] being the whole
@@ -296,7 +301,7 @@ class DataParallel:
     """
     jitted = jax.jit(functools.partial(eval_step, objective=objective, num_classes=num_classes),
                      in_shardings=(shardings, self.batch_sharding, self.batch_sharding),
-                     out_shardings=self.replicated)
+                     out_shardings=self.replicated, compiler_options=compiler_options)
 
     def step(state, batch, weights):
       rows = self.local_rows(len(weights))

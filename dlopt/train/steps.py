@@ -134,12 +134,19 @@ def eval_step(state: TrainState, batch: tuple[jax.Array, jax.Array], weights: ja
   return sums
 
 
-def make_train_step(objective: Objective, ema_decay: float | None = None, augment=None):
-  """`train_step` bound to an objective (and augmentation), jitted with the state donated."""
+def make_train_step(objective: Objective, ema_decay: float | None = None, augment=None,
+                    compiler_options: dict | None = None):
+  """`train_step` bound to an objective (and augmentation), jitted with the state donated.
+
+  `compiler_options` go to `jax.jit` (`dlopt.train.step_compiler_options` picks them).
+  """
   return jax.jit(functools.partial(train_step, objective=objective, ema_decay=ema_decay,
-                                   augment=augment), donate_argnums=0)
+                                   augment=augment), donate_argnums=0,
+                 compiler_options=compiler_options)
 
 
-def make_eval_step(objective: Objective, num_classes: int | None = None):
-  """`eval_step` bound to an objective, jitted."""
-  return jax.jit(functools.partial(eval_step, objective=objective, num_classes=num_classes))
+def make_eval_step(objective: Objective, num_classes: int | None = None,
+                   compiler_options: dict | None = None):
+  """`eval_step` bound to an objective, jitted (with `compiler_options`, as above)."""
+  return jax.jit(functools.partial(eval_step, objective=objective, num_classes=num_classes),
+                 compiler_options=compiler_options)

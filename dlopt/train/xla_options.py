@@ -1,11 +1,11 @@
 """XLA compiler options for the jitted train and eval steps, chosen per backend and model.
 
 On the CPU, jaxlib 0.10 hands convolutions to YNNPACK fusions by default. On the MNIST CNN
-(batch 128, 2 cores) those ran the forward convolutions 2-4x slower than XLA's own
-convolution, and the whole train step 1.35x slower; dense and attention models train
-slightly faster with them (`bench/results/cpu_speed.json`). So a model that convolves
-compiles its steps with YNNPACK kept to matrix products, and every other model with
-XLA's defaults.
+(batch 128, 2 cores) those made the whole train step 2.9x slower than XLA's own
+convolutions (`bench/results/cpu_speed.json`: "dlopt" against "dlopt-no_options"), and
+ResidualCNN's 1.2x slower; an MLP (5.2 against 6.2 ms a step) and a small DecoderLM (167
+against 171 ms) train a little faster with them. So a model that convolves compiles its
+steps with YNNPACK kept to matrix products, and every other model with XLA's defaults.
 
 >>> import jax.numpy as jnp
 >>> from jax import lax

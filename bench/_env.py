@@ -1,40 +1,50 @@
-"""What every benchmark record carries: machine, versions, date, command."""
+"""What every benchmark record carries: machine, device, package versions, date."""
 
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
-import sys
 from importlib import metadata
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
 
 
-def environment() -> dict:
-  """The machine, device and package versions of this run."""
-  import jax
-  versions = {}
-  for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
+def versions(packages=PACKAGES) -> dict:
+  """`{name: installed version or None}` of `packages` (read without importing them)."""
+  found = {}
+  for name in packages:
     try:
-      versions[name] = metadata.version(name)
+      found[name] = metadata.version(name)
     except metadata.PackageNotFoundError:
-      versions[name] = None
-  return {
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "command": " ".join([Path(sys.executable).name, *sys.argv]),
-      "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                  "cpu_count": os.cpu_count(), "python": platform.python_version()},
-      "device": {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]},
-      "versions": versions,
-  }
+      found[name] = None
+  return found
 
 
-def write_result(name: str, record: dict) -> Path:
-  """Writes `record` (with the environment) to bench/results/<name>.json; returns the path."""
-  RESULTS.mkdir(parents=True, exist_ok=True)
-  path = RESULTS / f"{name}.json"
-  path.write_text(json.dumps({**environment(), **record}, indent=2) + "\n")
-  return path
+def machine() -> dict:
+  """Platform, processor, CPU count and Python version of this machine."""
+  return {"platform": platform.platform(), "processor": platform.processor(),
+          "cpu_count": os.cpu_count(), "python": platform.python_version()}
+
+
+def now() -> str:
+  """The current UTC time, ISO 8601 to the second."""
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def environment(extra_packages=()) -> dict:
+  """The date, machine, JAX device and package versions of this run.
+
+  Args:
+    extra_packages: more distributions whose versions to record (e.g. "torch", "keras").
+
+  Returns:
+    `{"date", "machine", "device": {"backend", "devices"}, "versions"}`.
+  """
+  import jax
+  return {"date": now(), "machine": machine(),
+          "device": {"backend": jax.default_backend(),
+                     "devices": [str(d) for d in jax.devices()]},
+          "versions": versions((*PACKAGES, *extra_packages))}

@@ -25,7 +25,8 @@ def measure(fn, args, reps: int) -> dict:
     jax.block_until_ready(compiled(*args))
     times.append(time.perf_counter() - start)
   return {"compile_s": round(compile_s, 3), "median_s": statistics.median(times),
-          "min_s": min(times), "reps": reps, "memory_bytes": memory_bytes}
+          "min_s": min(times), "max_s": max(times), "reps": reps,
+          "memory_bytes": memory_bytes}
 
 
 def compare(fns: dict, args, reps: int) -> dict:

@@ -1,7 +1,8 @@
 """Attention microbenchmark: time, TFLOP/s and compiled memory of every attention path.
 
-    python bench/attention.py                       # the accelerator sweep
-    python bench/attention.py --quick --cpu-target --crossover   # what a CPU can show
+    python -m bench attention                       # the accelerator sweep
+    python -m bench attention --quick --cpu-target --crossover   # what a CPU can show
+    python -m bench attention --tiny                # a smoke run of seconds
 
 Paths: `kernels.attention(impl=...)` for "pallas" (accelerators only), "xla" (the
 reference) and "xla_chunked" (blockwise, linear memory), and on NVIDIA GPUs cuDNN through
@@ -16,8 +17,8 @@ Memory is what XLA's compiled memory analysis reports for the jitted function, t
 plus output bytes (arguments excluded); it works on every backend, unlike the
 process-cumulative peak of `Device.memory_stats()`.
 
-Writes bench/results/attention_<backend>.json (with machine, versions, date and command)
-and prints a table last. `--cpu-target` measures the CPU goal of the chunked path:
+Writes bench/results/attention_<backend>.json (with machine, versions, date, command and
+the min/median/max over `--runs` of every time) and prints a table last. `--cpu-target` measures the CPU goal of the chunked path:
 forward+backward at seq 8192 (B=1, H=4, D=64, float32) against the reference, peak memory
 ratio <= 1/8 and time ratio <= 1.5. `--crossover` times both XLA paths over short
 sequences to place `kernels.attention._CHUNKED_FROM_LOGITS`.
@@ -26,18 +27,13 @@ sequences to place `kernels.attention._CHUNKED_FROM_LOGITS`.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import kernels  # noqa: E402
-from _env import write_result  # noqa: E402
-from _timing import measure  # noqa: E402
+import kernels
+from bench._runner import write_result
+from bench._timing import measure
 
 _DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
 _ERROR_CHARS = 300  # of an error message kept in the JSON
@@ -164,31 +160,43 @@ _HEADER = (f"{'impl':<12} {'B':>4} {'seq':>6} {'D':>4} {'causal':>6} {'fwd ms':>
            f"{'TFLOP/s':>8} {'f+b ms':>10} {'TFLOP/s':>8} {'f+b MiB':>10}")
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  """The flags of `python -m bench attention` (besides --runs, --tiny, --out)."""
   parser.add_argument("--quick", action="store_true",
                       help="small sizes for a CPU: seqs 256..2048, 4096 tokens, 4 heads")
   parser.add_argument("--seqs", type=int, nargs="+", help="sequence lengths of the sweep")
-  parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
+  parser.add_argument("--head-dims", type=int, nargs="+", default=None,
+                      help="head dims of the sweep (default 64 128)")
   parser.add_argument("--tokens", type=int, help="batch * seq per point (default 16384)")
   parser.add_argument("--heads", type=int, help="query heads (default 16)")
-  parser.add_argument("--dtype", choices=sorted(_DTYPES), default="bfloat16")
+  parser.add_argument("--dtype", choices=sorted(_DTYPES), default=None,
+                      help="dtype of the sweep (default bfloat16, tiny float32)")
   parser.add_argument("--impls", nargs="+", help="paths to time (default: all available)")
-  parser.add_argument("--reps", type=int, help="timed runs per point (default 5, quick 3)")
   parser.add_argument("--no-sweep", action="store_true", help="skip the sweep")
   parser.add_argument("--cpu-target", action="store_true",
                       help="xla_chunked vs xla at seq 8192, float32 (the CPU goal)")
   parser.add_argument("--crossover", action="store_true",
                       help="xla vs xla_chunked at short sequences")
-  args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+  """Runs the sweep (and the CPU target, crossover) and writes attention_<backend>.json."""
+  if args.tiny:
+    args.seqs, args.head_dims = args.seqs or [128], args.head_dims or [32]
+    args.tokens, args.heads = args.tokens or 256, args.heads or 2
+    args.dtype = args.dtype or "float32"
+  args.dtype = args.dtype or "bfloat16"
   args.seqs = args.seqs or ([256, 512, 1024, 2048] if args.quick
                             else [512, 1024, 2048, 4096, 8192, 16384])
+  args.head_dims = args.head_dims or [64, 128]
   args.tokens = args.tokens or (4096 if args.quick else 16384)
   args.heads = args.heads or (4 if args.quick else 16)
-  args.reps = args.reps or (3 if args.quick else 5)
+  args.reps = args.runs = args.runs or (3 if args.quick else 5)
   backend = jax.default_backend()
 
-  record = {"config": {key: value for key, value in vars(args).items()},
+  config = {key: value for key, value in vars(args).items()
+            if key not in ("out", "command_line", "packages", "runs")}
+  record = {"config": config,
             "flops": "4*B*Hq*Tq*Tk*D forward (x0.5 causal); fwd+bwd = 3.5x forward",
             "memory": "compiled memory_analysis(): temp + output bytes"}
   if backend == "cpu":
@@ -200,7 +208,7 @@ def main(argv=None):
     record["crossover"] = crossover(args.reps)
   if args.cpu_target:
     record["cpu_target"] = cpu_target(args.reps)
-  path = write_result(f"attention_{backend}", record)
+  path = write_result(args, f"attention_{backend}", record)
 
   print(f"\nwrote {path}")
   print(_HEADER)
@@ -210,7 +218,4 @@ def main(argv=None):
     if isinstance(entry, dict) and "time_ratio" in entry:
       print(f"cpu target {name}: memory ratio {entry['memory_ratio']:.4f}, "
             f"fwd+bwd time ratio {entry['time_ratio']:.3f}")
-
-
-if __name__ == "__main__":
-  main()
+  return 0

@@ -1,7 +1,8 @@
 """Convolution microbenchmark: the fused conv2d against XLA's convolution plus its epilogue.
 
-    python bench/conv.py                 # the full sweep on this backend
-    python bench/conv.py --quick         # a minute on a CPU
+    python -m bench conv                 # the full sweep on this backend
+    python -m bench conv --quick         # a minute on a CPU
+    python -m bench conv --tiny          # a smoke run of seconds
 
 Each point times one layer, `relu(conv(x, w) + b [+ residual])`, forward and
 forward+backward (grads for x, w, b and the residual), side by side in one run, interleaved:
@@ -22,25 +23,21 @@ for the forward and three times that for forward+backward.
 The model point, "mnist_cnn_step", times the whole training step (forward, backward,
 AdamW) of `examples/mnist_cnn.py`'s CNN with `conv_impl` "xla", "xla_gemm" and "auto".
 
-Writes bench/results/conv_<backend>.json and prints a table last.
+Writes bench/results/conv_<backend>.json (min/median/max of every time over `--runs`
+interleaved runs) and prints a table last.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import kernels  # noqa: E402
-from _env import write_result  # noqa: E402
-from _timing import compare  # noqa: E402
+import kernels
+from bench._runner import write_result
+from bench._timing import compare
 
 _DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 
@@ -103,7 +100,7 @@ def run_layer(name: str, batch: int, dtype, fused_impl: str, reps: int) -> dict:
   return record
 
 
-def run_model_step(batch: int, reps: int) -> dict:
+def run_model_step(batch: int, reps: int, impls=("xla", "xla_gemm", "auto")) -> dict:
   """The MNIST CNN's whole training step with each conv_impl, interleaved."""
   from dlopt.models import CNN
   from dlopt.optim import OptimizerConfig, make_optimizer
@@ -114,7 +111,7 @@ def run_model_step(batch: int, reps: int) -> dict:
   y = jax.random.randint(jax.random.key(1), (batch,), 0, 10)
   tx = make_optimizer(OptimizerConfig("adamw", 1e-3, weight_decay=1e-4), total_steps=1000)
   fns, state = {}, None
-  for impl in ("xla", "xla_gemm", "auto"):
+  for impl in impls:
     model = CNN(features=(32, 64), dense_width=128, dropout_rate=0.25, conv_impl=impl)
     state = create_train_state(model, tx, x[:1], seed=0)
     step = functools.partial(train_step, objective=Objective("cross_entropy"))
@@ -156,23 +153,28 @@ def run_causal(batch: int, seq: int, channels: int, kernel: int, fused_impl: str
   return record
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  """The flags of `python -m bench conv` (besides --runs, --tiny, --out)."""
   parser.add_argument("--quick", action="store_true", help="a few points, few reps")
-  parser.add_argument("--reps", type=int, default=None)
   parser.add_argument("--layers", nargs="+", default=None, choices=sorted(LAYERS))
   parser.add_argument("--dtypes", nargs="+", default=None, choices=sorted(_DTYPES))
-  args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+  """Times every layer, the causal conv and the model step; writes conv_<backend>.json."""
   backend = jax.default_backend()
   accelerator = backend in ("gpu", "tpu")
   fused_impl = "pallas" if accelerator else "xla_gemm"
-  reps = args.reps or (5 if args.quick else 20 if accelerator else 7)
+  reps = args.runs = args.runs or (5 if args.quick else 20 if accelerator else 7)
   dtypes = args.dtypes or (["bfloat16", "float32"] if accelerator else ["float32"])
-  layers = args.layers or (["resnet50_res3_3x3", "mnist_conv1", "mnist_conv2"] if args.quick
+  layers = args.layers or (["mnist_conv1"] if args.tiny else
+                           ["resnet50_res3_3x3", "mnist_conv1", "mnist_conv2"] if args.quick
                            else list(LAYERS))
   records = []
   for name in layers:
-    if accelerator:
+    if args.tiny:
+      batches = [8]
+    elif accelerator:
       batches = [32, 256] if args.quick else [32, 128, 256]
     else:
       batches = [32] if name.startswith("resnet") or args.quick else [32, 128, 256]
@@ -180,17 +182,20 @@ def main(argv=None) -> int:
       for batch in batches:
         records.append(run_layer(name, batch, _DTYPES[dtype], fused_impl, reps))
         print(_row(records[-1]), flush=True)
-  for batch, seq, channels in ([(8, 1024, 256)] if args.quick
-                               else [(32, 1024, 256), (8, 4096, 512)]):
+  causal_shapes = ([(2, 64, 16)] if args.tiny else [(8, 1024, 256)] if args.quick
+                   else [(32, 1024, 256), (8, 4096, 512)])
+  for batch, seq, channels in causal_shapes:
     records.append(run_causal(batch, seq, channels, 4, fused_impl, reps))
     print(_row(records[-1]), flush=True)
-  for batch in ([64] if args.quick else [64, 128]):
-    records.append(run_model_step(batch, reps))
+  for batch in ([8] if args.tiny else [64] if args.quick else [64, 128]):
+    # --tiny leaves out the slowest compile, the whole model in xla_gemm.
+    records.append(run_model_step(batch, reps, ("xla", "auto") if args.tiny
+                                  else ("xla", "xla_gemm", "auto")))
     print(_step_row(records[-1]), flush=True)
   note = None if accelerator else ("CPU run: 'fused' is impl='xla_gemm' (the Pallas kernels "
                                    "need a GPU or TPU; on the CPU they only run interpreted)")
-  path = write_result(f"conv_{backend}", {"records": records, "note": note,
-                                          "reps": reps})
+  path = write_result(args, f"conv_{backend}", {"records": records, "note": note,
+                                                "reps": reps})
   print(f"\nwrote {path}")
   print("\nlayer | batch | dtype | fwd fused ms | fwd xla ms | fwd speedup | "
         "fwd+bwd fused ms | fwd+bwd xla ms | fwd+bwd speedup")
@@ -218,6 +223,3 @@ def _step_row(record: dict) -> str:
       f"{impl} {_ms(step[impl])} ms ({step[impl].get('speed_vs_xla', 0):.2f}x)"
       for impl in step])
 
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -65,6 +65,16 @@ COMMANDS = {
     "cpu-speed": Command("bench.cpu_speed",
                          "the CNN's CPU train step: every speed attempt side by side",
                          (5, 1), ("--rounds",), "interleaved rounds of every variant"),
+    "peers-throughput": Command("bench.peers_throughput",
+                                "Keras, PyTorch, Flax and dlopt: images/s, same network",
+                                (3, 1), ("--rounds",), "rounds; each runs every peer once",
+                                packages=("torch", "keras")),
+    "time-to-accuracy": Command("bench.time_to_accuracy",
+                                "Keras, PyTorch, Flax and dlopt: seconds to 99% on MNIST",
+                                (1, 1), (), "runs of every peer, one after the other",
+                                packages=("torch", "keras")),
+    "tables": Command("bench.tables", "regenerate README's benchmark tables from the JSON",
+                      common=False),
 }
 
 

@@ -23,7 +23,12 @@ def _python() -> Path:
   return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def ensure_venv(extras: str = "test") -> Path:
+# One set of extras for every script, so that train.py and test.py share the venv without
+# reinstalling it for each other: the test tools and the benchmark peers (torch, keras).
+EXTRAS = "test,bench"
+
+
+def ensure_venv(extras: str = EXTRAS) -> Path:
   """Returns the venv's python, creating the venv and installing the project if needed."""
   if sys.version_info < (3, 11):
     sys.exit(f"dlopt needs Python >= 3.11; this is {sys.version.split()[0]}")

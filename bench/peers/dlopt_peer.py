@@ -38,13 +38,13 @@ class Recipe:
     weight_decay: decoupled weight decay (biases not decayed); 0 for none.
   """
 
-  epochs: int = 4
+  epochs: int = 3
   batch_size: int = 128
-  optimizer: str = "adamw"
-  learning_rate: float = 3e-3
-  warmup_epochs: float = 0.5
+  optimizer: str = "adam"
+  learning_rate: float = 5e-3
+  warmup_epochs: float = 0.3
   final_lr_fraction: float = 0.0
-  weight_decay: float = 1e-4
+  weight_decay: float = 0.0
 
   def optimizer_config(self, steps_per_epoch: int) -> OptimizerConfig:
     """The `OptimizerConfig` of this recipe for `steps_per_epoch` train steps per epoch."""

@@ -312,5 +312,22 @@ def conv_block(results: Path) -> str:
                                      if reps and not record.get("runs") else "")
 
 
+def cpu_speed_block(results: Path) -> str:
+  """Every attempt at the CNN's CPU train step, images/s and the ratio to plain Flax."""
+  record = _load(results, "cpu_speed")
+  if record is None:
+    return _missing("cpu_speed", "python -m bench cpu-speed")
+  rows = ["| variant | images/s (median) | range | vs plain Flax | kept | what it is |",
+          "| --- | --- | --- | --- | --- | --- |"]
+  for entry in record["variants"]:
+    images = entry["images_per_s"]
+    ratio = "" if entry.get("vs_flax") is None else f"{entry['vs_flax']:.2f}x"
+    rows.append(f"| `{entry['variant']}` | {_median(images):,.0f} | "
+                f"{_range(images, ',.0f')} | {ratio} | {'yes' if entry['kept'] else 'no'} | "
+                f"{_cell(entry['note'])} |")
+  return "\n".join(rows) + "\n\n" + _provenance(
+      record, f", {record['steps_per_round']} steps per variant per round", unit="round")
+
+
 BLOCKS = {"results": results_block, "peers": peers_block, "attention": attention_block,
-          "conv": conv_block}
+          "conv": conv_block, "cpu-speed": cpu_speed_block}

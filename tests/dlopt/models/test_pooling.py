@@ -89,3 +89,10 @@ def test_cnn_rejects_unknown_padding():
   with pytest.raises(ValueError, match="padding must be one of \\('SAME', 'VALID'\\); got "
                                        "padding='same'"):
     CNN(padding="same")
+
+
+def test_docstring_synopsis_runs():
+  import doctest
+  from dlopt.models import pooling
+  result = doctest.testmod(pooling, verbose=False)
+  assert result.attempted > 0 and result.failed == 0

@@ -49,3 +49,10 @@ def test_train_step_with_the_options_matches_the_default_step():
     results.append((state.params, metrics))
   for got, want in zip(jax.tree.leaves(results[1]), jax.tree.leaves(results[0])):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+def test_docstring_synopsis_runs():
+  import doctest
+  from dlopt.train import xla_options
+  result = doctest.testmod(xla_options, verbose=False)
+  assert result.attempted > 0 and result.failed == 0

@@ -111,9 +111,9 @@ def test_tables_are_idempotent_and_keep_the_rest(tmp_path):
   assert all(chunk in before for chunk in outside)
   # An empty results directory: every block says which command writes it.
   _bench("tables", "--readme", str(readme), "--results", str(tmp_path / "none"))
-  # One line per block, and two in the peers block (throughput, time to accuracy).
+  # One line per block, and two each in results (trainer, fit) and peers (throughput, time).
   from bench.tables import BLOCKS
-  assert readme.read_text().count("_No result yet") == len(BLOCKS) + 1
+  assert readme.read_text().count("_No result yet") == len(BLOCKS) + 2
   assert _bench("tables", "--readme", str(readme), "--check", check=False).returncode == 1
 
 
@@ -214,4 +214,4 @@ def test_time_to_accuracy_tiny_and_its_table(tmp_path):
   shutil.copy(ROOT / "README.md", readme)
   _bench("tables", "--readme", str(readme), "--results", str(out))
   block = readme.read_text().split("<!-- bench:peers:start -->")[1]
-  assert "| dlopt | adamw 0.003, warmup_cosine" in block
+  assert "| dlopt | adam 0.005, warmup_cosine" in block

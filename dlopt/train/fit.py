@@ -43,7 +43,7 @@ from dlopt.train.objective import Objective
 from dlopt.train.parallel import DataParallel, ProcessLocal, data_parallel, sync_batch_norm
 from dlopt.train.state import TrainState, create_train_state
 from dlopt.train.steps import make_eval_step, make_train_step, model_args
-from dlopt.train.xla_options import step_compiler_options
+from dlopt.train.xla_options import compiler_options_for
 
 __all__ = ["fit", "FitResult", "NonFiniteLossError"]
 
@@ -149,11 +149,12 @@ def fit(model: nn.Module, data: Any, *, optimizer: OptimizerConfig = OptimizerCo
                      f"{shapes}): {error}") from error
   if init_variables is not None:
     state = _with_variables(state, init_variables)
-  num_classes = _check_model_outputs(state, sample_x, train, val, test, objective)
-
-  options = step_compiler_options(
-      state.apply_fn, {"params": state.params, **state.model_state}, *model_args(sample_x),
-      train=False)
+  # One trace of the forward pass gives the output's shape and what it computes (convolves?).
+  forward, out = jax.make_jaxpr(
+      lambda v, x: state.apply_fn(v, *model_args(x), train=False), return_shape=True)(
+          {"params": state.params, **state.model_state}, sample_x)
+  num_classes = _check_model_outputs(out, train, val, test, objective)
+  options = compiler_options_for(forward)
   if par is None:
     train_step = make_train_step(objective, optimizer.ema_decay, augment, options)
     eval_step = make_eval_step(objective, num_classes, options)
@@ -586,11 +587,10 @@ def _check_pair(x, y, name: str, objective: Objective) -> None:
                        f"one-hot [N, C]; got y.dtype={labels.dtype}, y.shape={labels.shape}")
 
 
-def _check_model_outputs(state: TrainState, sample_x, train, val, test, objective) -> int | None:
-  """Checks labels against the model's output; returns the number of classes (or None)."""
-  variables = {"params": state.params, **state.model_state}
-  out = jax.eval_shape(lambda v, x: state.apply_fn(v, *model_args(x), train=False), variables,
-                       sample_x)
+def _check_model_outputs(out: jax.ShapeDtypeStruct, train, val, test,
+                         objective) -> int | None:
+  """Checks labels against the model's output `out` (its shape, for a sample batch);
+  returns the number of classes (or None)."""
   if not objective.is_classification:
     return None
   if len(out.shape) < 2:

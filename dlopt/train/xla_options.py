@@ -21,7 +21,8 @@ import functools
 
 import jax
 
-__all__ = ["CPU_CONV_OPTIONS", "step_compiler_options", "uses_primitive"]
+__all__ = ["CPU_CONV_OPTIONS", "compiler_options_for", "step_compiler_options",
+           "uses_primitive"]
 
 CPU_CONV_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
@@ -49,6 +50,22 @@ def _cpu_options_supported() -> bool:
   return True
 
 
+def compiler_options_for(jaxpr) -> dict | None:
+  """The `compiler_options` for jitting steps around the computation `jaxpr`.
+
+  Args:
+    jaxpr: the model's forward pass as a `Jaxpr` or `ClosedJaxpr` (`jax.make_jaxpr`).
+
+  Returns:
+    A copy of `CPU_CONV_OPTIONS` when the backend is the CPU and `jaxpr` convolves; None
+    (XLA's defaults) otherwise.
+  """
+  if (jax.default_backend() != "cpu" or not uses_primitive(jaxpr, "conv_general_dilated")
+      or not _cpu_options_supported()):
+    return None
+  return dict(CPU_CONV_OPTIONS)
+
+
 def step_compiler_options(fn, *args, **kwargs) -> dict | None:
   """The `compiler_options` for jitting a step that runs `fn(*args, **kwargs)`.
 
@@ -57,10 +74,6 @@ def step_compiler_options(fn, *args, **kwargs) -> dict | None:
     *args, **kwargs: its example inputs (arrays or shapes' stand-ins of the real ones).
 
   Returns:
-    A copy of `CPU_CONV_OPTIONS` when the backend is the CPU and `fn` convolves; None
-    (XLA's defaults) otherwise.
+    As `compiler_options_for` the traced computation.
   """
-  if jax.default_backend() != "cpu" or not _cpu_options_supported():
-    return None
-  jaxpr = jax.make_jaxpr(functools.partial(fn, **kwargs))(*args)
-  return dict(CPU_CONV_OPTIONS) if uses_primitive(jaxpr, "conv_general_dilated") else None
+  return compiler_options_for(jax.make_jaxpr(functools.partial(fn, **kwargs))(*args))

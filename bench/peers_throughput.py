@@ -84,10 +84,8 @@ def run(args: argparse.Namespace) -> int:
   import jax
   steps = args.steps or (TINY_STEPS if args.tiny else STEPS)
   data = args.data or ("mnist_subset" if args.tiny else "mnist")
-  try:
-    arrays = _data.load(data)
-  except FileNotFoundError as error:
-    print(f"{error}\n(or pass --data mnist_subset for the bundled 5,000 digits)")
+  arrays = _data.load_or_explain(data)
+  if arrays is None:
     return 2
   x, y = _data.first_examples(arrays["x_train"], arrays["y_train"], steps * BATCH_SIZE)
   orders = rotations(args.peers, args.runs)

@@ -184,6 +184,11 @@ def _peer_rows(record: dict):
     yield name, peers[name], peers[name].get("skipped") or peers[name].get("error")
 
 
+def _skipped_row(name: str, why: str) -> str:
+  """A six-column row for a peer that was skipped or failed: the last line of why."""
+  return f"| {name} | {_cell(why.strip().splitlines()[-1])} | | | | |"
+
+
 def peers_block(results: Path) -> str:
   """The peers' throughput and time-to-accuracy tables."""
   parts = []
@@ -198,7 +203,7 @@ def peers_block(results: Path) -> str:
             "start-up s |", "| --- | --- | --- | --- | --- | --- |"]
     for name, entry, why in _peer_rows(throughput):
       if why:
-        rows.append(f"| {name} | {_cell(why.strip().splitlines()[-1])} | | | | |")
+        rows.append(_skipped_row(name, why))
         continue
       rate = entry["images_per_s"]
       ratios = [f"{entry[key]:.2f}x" if key in entry else "-" for key in ("vs_torch", "vs_dlopt")]
@@ -225,7 +230,7 @@ def peers_block(results: Path) -> str:
             "test accuracy after each epoch (wall s) |", "| --- | --- | --- | --- | --- | --- |"]
     for name, entry, why in _peer_rows(accuracy):
       if why:
-        rows.append(f"| {name} | {_cell(why.strip().splitlines()[-1])} | | | | |")
+        rows.append(_skipped_row(name, why))
         continue
       seconds = entry["seconds_to_target"]
       if seconds:

@@ -97,10 +97,8 @@ def run(args: argparse.Namespace) -> int:
   import jax
   max_epochs = args.max_epochs or (TINY_MAX_EPOCHS if args.tiny else MAX_EPOCHS)
   data = args.data or ("mnist_subset" if args.tiny else "mnist")
-  try:
-    arrays = _data.load(data)
-  except FileNotFoundError as error:
-    print(f"{error}\n(or pass --data mnist_subset for the bundled 5,000 digits)")
+  arrays = _data.load_or_explain(data)
+  if arrays is None:
     return 2
   if args.tiny:
     arrays = {name: array[:TINY_TRAIN if "train" in name else TINY_TEST]

@@ -31,6 +31,15 @@ def load(name: str) -> dict[str, np.ndarray]:
   return {"x_train": x, "y_train": y, "x_test": x_test, "y_test": y_test}
 
 
+def load_or_explain(name: str) -> dict[str, np.ndarray] | None:
+  """`load(name)`, or None after printing how to fetch the data set when it is missing."""
+  try:
+    return load(name)
+  except FileNotFoundError as error:
+    print(f"{error}\n(or pass --data mnist_subset for the bundled 5,000 digits)")
+    return None
+
+
 def first_examples(x: np.ndarray, y: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
   """`count` examples in a fixed shuffled order, the set repeated if it holds fewer."""
   order = np.random.default_rng(_SEED).permutation(len(x))

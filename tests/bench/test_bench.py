@@ -112,8 +112,7 @@ def test_tables_are_idempotent_and_keep_the_rest(tmp_path):
   # An empty results directory: every block says which command writes it.
   _bench("tables", "--readme", str(readme), "--results", str(tmp_path / "none"))
   # One line per block, and two each in results (trainer, fit) and peers (throughput, time).
-  from bench.tables import BLOCKS
-  assert readme.read_text().count("_No result yet") == len(BLOCKS) + 2
+  assert readme.read_text().count("_No result yet") == len(tables.BLOCKS) + 2
   assert _bench("tables", "--readme", str(readme), "--check", check=False).returncode == 1
 
 
@@ -161,6 +160,17 @@ def _installed(peer: str) -> bool:
   return all(importlib.util.find_spec(p) for p in bench_peers.PEERS[peer].requires)
 
 
+def _ran_peers(record: dict):
+  """The entries of the peers that ran, after checking that the others say why they did not."""
+  for peer in PEERS:
+    entry = record["peers"][peer]
+    if not _installed(peer):
+      assert "not installed" in entry["skipped"]
+      continue
+    assert "error" not in entry, entry.get("output") or entry["error"]
+    yield entry
+
+
 @pytest.mark.slow
 def test_peers_throughput_tiny_and_its_table(tmp_path):
   out = tmp_path / "results"
@@ -168,12 +178,7 @@ def test_peers_throughput_tiny_and_its_table(tmp_path):
   record = json.loads((out / "peers_throughput_cpu.json").read_text())
   _check_record(record, "peers-throughput", ("torch", "keras"))
   assert record["tiny"] and record["runs"] == 1 and record["steps"] == 3
-  for peer in PEERS:
-    entry = record["peers"][peer]
-    if not _installed(peer):
-      assert "not installed" in entry["skipped"]
-      continue
-    assert "error" not in entry, entry.get("output") or entry["error"]
+  for entry in _ran_peers(record):
     assert entry["images_per_s"]["median"] > 0 and entry["steady_epoch_s"]["median"] > 0
     assert entry["description"] and entry["environment"]["devices"]
   if _installed("torch"):
@@ -196,12 +201,7 @@ def test_time_to_accuracy_tiny_and_its_table(tmp_path):
   record = json.loads((out / "time_to_accuracy_cpu.json").read_text())
   _check_record(record, "time-to-accuracy", ("torch", "keras"))
   assert record["data"] == {"name": "mnist_subset", "train": 512, "test": 256}
-  for peer in PEERS:
-    entry = record["peers"][peer]
-    if not _installed(peer):
-      assert "not installed" in entry["skipped"]
-      continue
-    assert "error" not in entry, entry.get("output") or entry["error"]
+  for entry in _ran_peers(record):
     assert entry["recipe"]["batch_size"] == 128
     epochs = entry["runs"][0]["per_epoch"]
     assert [e["epoch"] for e in epochs] == list(range(1, len(epochs) + 1))
@@ -214,4 +214,5 @@ def test_time_to_accuracy_tiny_and_its_table(tmp_path):
   shutil.copy(ROOT / "README.md", readme)
   _bench("tables", "--readme", str(readme), "--results", str(out))
   block = readme.read_text().split("<!-- bench:peers:start -->")[1]
-  assert "| dlopt | adam 0.005, warmup_cosine" in block
+  # The table says the recipe the run recorded (whatever dlopt_peer.Recipe is now).
+  assert f"| dlopt | {tables._recipe(record['peers']['dlopt']['recipe'])}" in block

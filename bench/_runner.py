@@ -62,6 +62,10 @@ COMMANDS = {
                         (1, 1), (), "runs of the example"),
     "gpu-suite": Command("bench.gpu_suite",
                          "kernel tests on the accelerator, then attention and conv"),
+    "gpu-compile": Command("bench.gpu_compile",
+                           "every Pallas GPU kernel compiled for sm_90a without a GPU: "
+                           "registers, spills, shared memory, blocks per SM", (1, 1), (),
+                           "compiles of the grid"),
     "cpu-speed": Command("bench.cpu_speed",
                          "the CNN's CPU train step: every speed attempt side by side",
                          (5, 1), ("--rounds",), "interleaved rounds of every variant"),

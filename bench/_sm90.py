@@ -93,8 +93,11 @@ def cuda_plugin() -> str | None:
   """The name of the installed JAX CUDA plugin module (`xla_cuda12`/`xla_cuda13`), or None."""
   import importlib.util
   for name in ("xla_cuda13", "xla_cuda12"):
-    if importlib.util.find_spec(f"jax_plugins.{name}") is not None:
-      return name
+    try:
+      if importlib.util.find_spec(f"jax_plugins.{name}") is not None:
+        return name
+    except ModuleNotFoundError:  # no jax_plugins package at all
+      return None
   return None
 
 
@@ -160,7 +163,7 @@ def occupancy(threads: int, registers: int, shared_memory: int) -> tuple[int, st
       "shared_memory": SM90["shared_memory_per_sm"]
                        // (shared_memory + SM90["shared_memory_reserved_per_block"]),
   }
-  limit = min(by, key=lambda k: (by[k], k != "registers"))
+  limit = min(("threads", "blocks", "shared_memory", "registers"), key=by.get)  # ties: first
   return by[limit], limit
 
 

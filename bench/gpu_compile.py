@@ -43,6 +43,9 @@ HEAD_LAYOUTS = ((8, 8), (8, 2), (8, 1))  # (q heads, kv heads): MHA, GQA, MQA
 CONV_DTYPES = ("bfloat16", "float32")
 CONV_KINDS = ("dense", "grouped", "depthwise")
 ACTIVATIONS = (None, "relu", "gelu", "silu")
+PARAMS = {"attention": ("head_dim", "causal", "mask", "seq", "q_heads", "kv_heads"),
+          "conv2d": ("kernel", "stride", "kind", "activation", "residual"),
+          "causal_conv1d": ("kernel", "activation")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +68,12 @@ class Case:
 
   def as_dict(self) -> dict:
     return {"op": self.op, "dtype": self.dtype, **dict(self.params)}
+
+  @classmethod
+  def from_record(cls, record: dict) -> "Case":
+    """The case a record of this command's JSON was compiled from."""
+    return cls(record["op"], record["dtype"],
+               tuple((name, record[name]) for name in PARAMS[record["op"]]))
 
 
 def attention_cases() -> list[Case]:
@@ -114,8 +123,13 @@ def grid(only: str | None = None, dtype: str | None = None, quick: bool = False)
   return cases
 
 
-def build(case: Case):
-  """`(fn, args, kernel name prefixes)` of a case: a gradient through the Pallas GPU kernel."""
+def build(case: Case, block_sizes=None):
+  """`(fn, args, kernel name prefixes)` of a case: a gradient through the Pallas GPU kernel.
+
+  Args:
+    case: what to compile.
+    block_sizes: the op's `BlockSizes`, or None for the kernels' defaults.
+  """
   import jax
   import jax.numpy as jnp
   dtype = jnp.dtype(case.dtype)
@@ -133,7 +147,8 @@ def build(case: Case):
     def attention_loss(q, k, v, *options):
       names = {"kv_lengths": ("kv_lengths",), "segments": ("q_segment_ids", "kv_segment_ids"),
                "mask": ("mask",), "none": ()}[p["mask"]]
-      out = attention_gpu(q, k, v, causal=p["causal"], **dict(zip(names, options)))
+      out = attention_gpu(q, k, v, causal=p["causal"], block_sizes=block_sizes,
+                          **dict(zip(names, options)))
       return jnp.sum(out.astype(jnp.float32))
 
     return jax.value_and_grad(attention_loss, argnums=(0, 1, 2)), [q, kv, kv, *extra], ATTENTION_KERNELS
@@ -156,7 +171,7 @@ def build(case: Case):
                    dilation=(1, 1), groups=groups)
     residual = (jax.ShapeDtypeStruct((batch, geo.out_h, geo.out_w, channels), dtype)
                 if p["residual"] else None)
-  config = FusedConfig(geo, p["activation"], "gpu", None, False,
+  config = FusedConfig(geo, p["activation"], "gpu", block_sizes, False,
                        has_residual=residual is not None)
   b = jax.ShapeDtypeStruct((w.shape[-1],), jnp.float32)
 
@@ -169,15 +184,28 @@ def build(case: Case):
   return jax.value_and_grad(conv_loss, argnums=argnums), args, CONV_KERNELS
 
 
-def compile_case(case: Case, device, ptxas: str) -> dict:
-  """One case's record: its options, compile seconds and programs, or the error."""
-  fn, args, names = build(case)
+def default_block_sizes(case: Case) -> dict:
+  """The GPU `BlockSizes` the kernels take by default for `case`, as a dict."""
+  if case.op == "attention":
+    from kernels.attention import BlockSizes
+    blocks = BlockSizes.default("gpu", dict(case.params)["head_dim"], case.dtype)
+  else:
+    from kernels.conv import BlockSizes
+    blocks = BlockSizes.default("gpu", case.dtype)
+  return dataclasses.asdict(blocks)
+
+
+def compile_case(case: Case, device, ptxas: str, block_sizes=None) -> dict:
+  """One case's record: its options, block sizes, compile seconds and programs, or the error."""
+  fn, args, names = build(case, block_sizes)
+  blocks = (default_block_sizes(case) if block_sizes is None
+            else dataclasses.asdict(block_sizes))
+  head = {**case.as_dict(), "key": case.key, "block_sizes": blocks}
   try:
     programs, seconds = _sm90.inspect_compiled(fn, args, device, names, ptxas=ptxas)
   except Exception as error:  # A failing case is a finding, recorded with the rest.
-    return {**case.as_dict(), "key": case.key, "error": f"{type(error).__name__}: {error}"[:2000]}
-  return {**case.as_dict(), "key": case.key, "compile_seconds": round(seconds, 2),
-          "programs": programs}
+    return {**head, "error": f"{type(error).__name__}: {error}"[:2000]}
+  return {**head, "compile_seconds": round(seconds, 2), "programs": programs}
 
 
 def summarize(cases: list[dict]) -> dict:
@@ -201,6 +229,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--quick", action="store_true", help="a few cases of each kernel")
   parser.add_argument("--name", default="gpu_compile_sm90",
                       help="the JSON file's stem under --out (default gpu_compile_sm90)")
+  parser.add_argument("--resume", action="store_true",
+                      help="keep the cases already in the JSON file and compile the rest")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -215,7 +245,13 @@ def run(args: argparse.Namespace) -> int:
   if args.tiny:
     cases = cases[:2] + [c for c in cases if c.op != "attention"][:1]
   records, start = [], time.perf_counter()
+  path = args.out / f"{args.name}.json"
+  if args.resume and path.exists():
+    records = [c for c in json.loads(path.read_text())["cases"] if "programs" in c]
+  done = {record["key"] for record in records}
   for i, case in enumerate(cases):
+    if case.key in done:
+      continue
     records.append(compile_case(case, device, ptxas))
     record = records[-1]
     worst = max((p["spill_store_bytes"] for p in record.get("programs", ())), default=0)

@@ -334,5 +334,56 @@ def cpu_speed_block(results: Path) -> str:
       record, f", {record['steps_per_round']} steps per variant per round", unit="round")
 
 
+def _kernel(name: str) -> str:
+  """A program's kernel: its name without XLA's `__N` suffix for a second instance."""
+  return re.sub(r"__\d+$", "", name)
+
+
+def _by_kernel(record: dict | None) -> dict:
+  """`{(kernel, dtype): [programs]}` over a gpu-compile record's cases."""
+  groups = {}
+  for case in (record or {}).get("cases", ()):
+    for program in case.get("programs", ()):
+      groups.setdefault((_kernel(program["name"]), case["dtype"]), []).append(
+          {**program, "compile_seconds": case["compile_seconds"]})
+  return groups
+
+
+def _compile_stats(programs: list[dict]) -> dict:
+  """Spilling count, worst spill, max registers, min blocks/SM, max compile s of programs."""
+  return {"spilling": sum(bool(p["spill_store_bytes"] or p["spill_load_bytes"])
+                          for p in programs),
+          "spill": max(p["spill_store_bytes"] for p in programs),
+          "registers": max(p["registers"] for p in programs),
+          "blocks": min(p["blocks_per_sm"] for p in programs),
+          "seconds": f"{max(p['compile_seconds'] for p in programs):.0f}"}
+
+
+def gpu_compile_block(results: Path) -> str:
+  """Registers, spills and blocks per SM of every Pallas GPU kernel for sm_90a, before/after."""
+  after = _load(results, "gpu_compile_sm90")
+  if after is None:
+    return _missing("gpu_compile_sm90", "python3 scripts/gpu_compile.py")
+  before = _by_kernel(_load(results, "gpu_compile_sm90_before"))
+  rows = ["| kernel | dtype | programs | spilling: before -> now | worst spill, bytes/thread: "
+          "before -> now | registers (max) | blocks/SM (min) | compile s (max): before -> now |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for (kernel, dtype), programs in sorted(_by_kernel(after).items()):
+    old = before.get((kernel, dtype))
+    then = _compile_stats(old) if old else dict.fromkeys(_compile_stats(programs), "-")
+    now = _compile_stats(programs)
+    rows.append(f"| `{kernel}` | {dtype} | {len(programs)} | {then['spilling']} -> "
+                f"**{now['spilling']}** | {then['spill']} -> {now['spill']} | "
+                f"{now['registers']} | {now['blocks']} | {then['seconds']} -> "
+                f"{now['seconds']} |")
+  summary = after["summary"]
+  text = "\n".join(rows) + (
+      f"\n\n{summary['cases']} compiles ({summary['programs']} kernel programs) for "
+      f"`{after['target']}` (sm_90a), {summary['errors']} failed, "
+      f"{summary['spilling_programs']} spilling, {summary['single_block_programs']} with "
+      f"fewer than 2 blocks per SM; {summary['compile_seconds_total']:.0f} s of compiling. ")
+  return text + _provenance(after, unit="compile")
+
+
 BLOCKS = {"results": results_block, "peers": peers_block, "attention": attention_block,
-          "conv": conv_block, "cpu-speed": cpu_speed_block}
+          "conv": conv_block, "cpu-speed": cpu_speed_block, "gpu-compile": gpu_compile_block}

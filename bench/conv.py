@@ -13,10 +13,13 @@ forward+backward (grads for x, w, b and the residual), side by side in one run, 
   the bias, residual and relu as separate XLA ops.
 
 Layers: the 3x3 convs of ResNet-50's four stages (the block-ending conv with its residual),
-its stride-2 3x3 and a 1x1 expansion, and the two convs of the MNIST CNN; batches 32 to 256
-(32 for ResNet shapes on the CPU); bfloat16 and float32 (float32 only on the CPU, where
-bfloat16 convolutions are emulated). TFLOP/s count `2 * N * OH * OW * KH * KW * Cin/G * Cout`
-for the forward and three times that for forward+backward.
+its stride-2 3x3 and a 1x1 expansion, a MobileNetV2 depthwise 3x3, and the two convs of the
+MNIST CNN; batches 32 to 256 (32 for the ImageNet shapes on the CPU); bfloat16 and float32 (float32
+only on the CPU, where bfloat16 convolutions are emulated). TFLOP/s count
+`2 * N * OH * OW * KH * KW * Cin/G * Cout` for the forward and three times that for
+forward+backward. These layers are mostly memory-bound, so each time also gets a bandwidth,
+`gbps`: the bytes of the function's arguments and results, each moved once (`bytes`), over
+the median time; no path can move less.
 
 `causal_conv1d` (kernel 4, silu) is timed the same way on sequence-model shapes.
 
@@ -31,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,30 +46,58 @@ from bench._timing import compare
 
 _DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 
-# name: (height/width, in_channels, out_channels, kernel, stride, residual)
+
+
+class Layer(NamedTuple):
+  """One convolution layer: square input, `relu(conv(x, w) + b [+ residual])`."""
+  hw: int  # input height and width
+  cin: int
+  cout: int
+  kernel: int
+  stride: int
+  residual: bool
+  groups: int = 1  # cin: depthwise
+
+
 LAYERS = {
-    "resnet50_res2_3x3": (56, 64, 64, 3, 1, True),
-    "resnet50_res3_3x3": (28, 128, 128, 3, 1, True),
-    "resnet50_res4_3x3": (14, 256, 256, 3, 1, True),
-    "resnet50_res5_3x3": (7, 512, 512, 3, 1, True),
-    "resnet50_res3_3x3_s2": (56, 128, 128, 3, 2, False),
-    "resnet50_res2_1x1": (56, 64, 256, 1, 1, False),
-    "mnist_conv1": (28, 1, 32, 3, 1, False),
-    "mnist_conv2": (14, 32, 64, 3, 1, False),
+    "resnet50_res2_3x3": Layer(56, 64, 64, 3, 1, True),
+    "resnet50_res3_3x3": Layer(28, 128, 128, 3, 1, True),
+    "resnet50_res4_3x3": Layer(14, 256, 256, 3, 1, True),
+    "resnet50_res5_3x3": Layer(7, 512, 512, 3, 1, True),
+    "resnet50_res3_3x3_s2": Layer(56, 128, 128, 3, 2, False),
+    "resnet50_res2_1x1": Layer(56, 64, 256, 1, 1, False),
+    "mobilenetv2_dw_3x3": Layer(56, 144, 144, 3, 1, False, groups=144),
+    "mnist_conv1": Layer(28, 1, 32, 3, 1, False),
+    "mnist_conv2": Layer(14, 32, 64, 3, 1, False),
 }
 
 
 def conv_flops(batch, out_hw, cin, cout, kernel, backward) -> float:
-  """`2 N OH OW KH KW Cin Cout`, three times that with the backward."""
+  """`2 N OH OW KH KW Cin Cout` (Cin per group), three times that with the backward."""
   flops = 2.0 * batch * out_hw * out_hw * kernel * kernel * cin * cout
   return flops * (3 if backward else 1)
 
 
-def layer_fns(impl: str, stride: int, residual: bool):
+def moved_bytes(fn, args) -> int:
+  """The bytes of `fn`'s arguments and results: what it must read and write at least once."""
+  leaves = [*jax.tree.leaves(args), *jax.tree.leaves(jax.eval_shape(fn, *args))]
+  return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in leaves)
+
+
+def _add_rates(results: dict, flops: float | None, nbytes: int) -> None:
+  """Adds `tflops` (if counted) and `gbps` to every timed path of `results`."""
+  for result in results.values():
+    if isinstance(result, dict) and "median_s" in result:
+      if flops is not None:
+        result["tflops"] = flops / result["median_s"] / 1e12
+      result["gbps"] = nbytes / result["median_s"] / 1e9
+
+
+def layer_fns(impl: str, stride: int, residual: bool, groups: int = 1):
   """`(fwd, fwd_bwd)` of one layer through `kernels.conv2d(impl=impl)`."""
 
   def fwd(x, w, b, r):
-    return kernels.conv2d(x, w, b, stride=stride, activation="relu",
+    return kernels.conv2d(x, w, b, stride=stride, groups=groups, activation="relu",
                           residual=r if residual else None, impl=impl)
 
   def fwd_bwd(x, w, b, r, dy):
@@ -74,26 +107,27 @@ def layer_fns(impl: str, stride: int, residual: bool):
 
 
 def run_layer(name: str, batch: int, dtype, fused_impl: str, reps: int) -> dict:
-  hw, cin, cout, kernel, stride, residual = LAYERS[name]
+  """One layer of `LAYERS`, forward and forward+backward, fused vs XLA, interleaved."""
+  hw, cin, cout, kernel, stride, residual, groups = LAYERS[name]
   keys = jax.random.split(jax.random.key(0), 4)
   x = jax.random.normal(keys[0], (batch, hw, hw, cin), dtype)
-  w = (jax.random.normal(keys[1], (kernel, kernel, cin, cout)) / (kernel * cin ** 0.5)
-       ).astype(dtype)
+  w = (jax.random.normal(keys[1], (kernel, kernel, cin // groups, cout))
+       / (kernel * (cin // groups) ** 0.5)).astype(dtype)
   b = jax.random.normal(keys[2], (cout,), dtype)
   out_hw = -(-hw // stride)
-  r = jax.random.normal(keys[3], (batch, out_hw, out_hw, cout), dtype)
+  dy = jax.random.normal(keys[3], (batch, out_hw, out_hw, cout), dtype)
+  r = dy if residual else None  # no residual: nothing passed, nothing counted in `bytes`
   record = {"layer": name, "batch": batch, "dtype": jnp.dtype(dtype).name,
-            "fused_impl": fused_impl}
+            "fused_impl": fused_impl, "bytes": {}}
   impls = {"fused": fused_impl, "xla": "xla"}
   for part, args, backward in (("fwd", (x, w, b, r), False),
-                               ("fwd_bwd", (x, w, b, r, r), True)):
-    fns = {label: layer_fns(impl, stride, residual)[int(backward)]
+                               ("fwd_bwd", (x, w, b, r, dy), True)):
+    fns = {label: layer_fns(impl, stride, residual, groups)[int(backward)]
            for label, impl in impls.items()}
     results = compare(fns, args, reps)
-    flops = conv_flops(batch, out_hw, cin, cout, kernel, backward)
-    for result in results.values():
-      if "median_s" in result:
-        result["tflops"] = flops / result["median_s"] / 1e12
+    record["bytes"][part] = moved_bytes(fns["xla"], args)
+    _add_rates(results, conv_flops(batch, out_hw, cin // groups, cout, kernel, backward),
+               record["bytes"][part])
     if all("median_s" in result for result in results.values()):
       results["speedup"] = results["xla"]["median_s"] / results["fused"]["median_s"]
     record[part] = results
@@ -130,14 +164,14 @@ def run_model_step(batch: int, reps: int, impls=("xla", "xla_gemm", "auto")) -> 
 
 
 def run_causal(batch: int, seq: int, channels: int, kernel: int, fused_impl: str,
-               reps: int) -> dict:
+               reps: int, dtype=jnp.float32) -> dict:
   """`causal_conv1d` (silu, bias) forward and forward+backward, fused vs the reference."""
   keys = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(keys[0], (batch, seq, channels))
-  w = jax.random.normal(keys[1], (kernel, channels))
-  b = jax.random.normal(keys[2], (channels,))
+  x = jax.random.normal(keys[0], (batch, seq, channels), dtype)
+  w = jax.random.normal(keys[1], (kernel, channels), dtype)
+  b = jax.random.normal(keys[2], (channels,), dtype)
   record = {"layer": f"causal_conv1d_k{kernel}_c{channels}_t{seq}", "batch": batch,
-            "dtype": "float32", "fused_impl": fused_impl}
+            "dtype": jnp.dtype(dtype).name, "fused_impl": fused_impl, "bytes": {}}
   for part, backward in (("fwd", False), ("fwd_bwd", True)):
     fns = {}
     for label, impl in (("fused", fused_impl), ("xla", "xla")):
@@ -147,6 +181,8 @@ def run_causal(batch: int, seq: int, channels: int, kernel: int, fused_impl: str
             lambda *a: jnp.sum(fn(*a) ** 2), argnums=(0, 1, 2))(x, w, b), fn)
       fns[label] = fn
     results = compare(fns, (x, w, b), reps)
+    record["bytes"][part] = moved_bytes(fns["xla"], (x, w, b))
+    _add_rates(results, None, record["bytes"][part])
     if all("median_s" in result for result in results.values()):
       results["speedup"] = results["xla"]["median_s"] / results["fused"]["median_s"]
     record[part] = results
@@ -177,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
     elif accelerator:
       batches = [32, 256] if args.quick else [32, 128, 256]
     else:
-      batches = [32] if name.startswith("resnet") or args.quick else [32, 128, 256]
+      batches = ([32] if name.startswith(("resnet", "mobilenet")) or args.quick
+                 else [32, 128, 256])
     for dtype in dtypes:
       for batch in batches:
         records.append(run_layer(name, batch, _DTYPES[dtype], fused_impl, reps))

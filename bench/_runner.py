@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -61,7 +62,9 @@ COMMANDS = {
     "examples": Command("bench.examples", "run or record an example trainer",
                         (1, 1), (), "runs of the example"),
     "gpu-suite": Command("bench.gpu_suite",
-                         "kernel tests on the accelerator, then attention and conv"),
+                         "within --budget seconds on a GPU: kernel smoke vs the references, "
+                         "attention and conv speed, the kernel tests", (5, 2), (),
+                         "timed runs per benchmark point"),
     "gpu-compile": Command("bench.gpu_compile",
                            "every Pallas GPU kernel compiled for sm_90a without a GPU: "
                            "registers, spills, shared memory, blocks per SM", (1, 1), (),
@@ -107,7 +110,10 @@ def write_result(args: argparse.Namespace, name: str, record: dict) -> Path:
   path = args.out / f"{name}.json"
   full = {**environment(args.packages), "command": args.command_line, "runs": args.runs,
           "tiny": args.tiny, **record}
-  path.write_text(json.dumps(full, indent=2) + "\n")
+  # Written whole, then renamed: a run killed mid-write leaves the previous file intact.
+  partial = path.with_name(f".{path.name}.partial")
+  partial.write_text(json.dumps(full, indent=2) + "\n")
+  os.replace(partial, path)
   return path
 
 

@@ -7,22 +7,26 @@ its values are sane.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib.util
 import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import jax
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `bench` is run from the repository root, not installed
   sys.path.insert(0, str(ROOT))
 
+from bench import _gpu_smoke, gpu_suite, tables  # noqa: E402
+from bench import _runner as bench_runner  # noqa: E402
 from bench import peers as bench_peers  # noqa: E402
-from bench import tables  # noqa: E402
 from bench.time_to_accuracy import summarize_run  # noqa: E402
 
 PEERS = ("keras", "torch", "flax", "dlopt")
@@ -122,19 +126,134 @@ def test_tables_rejects_a_start_marker_without_its_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_gpu_suite_tiny_runs_attention_and_conv(tmp_path):
-  _bench("gpu-suite", "--tiny", "--out", str(tmp_path))
-  suite = json.loads(next(tmp_path.glob("gpu_suite_*.json")).read_text())
+def test_gpu_suite_tiny_in_interpret_mode_writes_a_complete_record(tmp_path):
+  # 45 s keeps the test under a minute on a loaded machine; what does not fit is skipped.
+  done = _bench("gpu-suite", "--tiny", "--budget", "45", "--out", str(tmp_path))
+  suite = json.loads((tmp_path / "gpu_suite_cpu.json").read_text())
   _check_record(suite, "gpu-suite")
-  assert {part["returncode"] for part in suite["parts"].values()} == {0}
-  assert "collected" in suite["parts"]["tests"]["summary"]
-  for name in ("attention", "conv"):
-    record = json.loads(next(tmp_path.glob(f"{name}_*.json")).read_text())
-    _check_record(record, name)
-    assert record["tiny"] and record["runs"] == 2
-  conv = json.loads(next(tmp_path.glob("conv_*.json")).read_text())
-  step = next(r for r in conv["records"] if "step" in r)["step"]
-  assert all(result["images_per_s"] > 0 for result in step.values())
+  assert suite["status"] == "done" and suite["budget_s"] == 45 and suite["interpret"]
+  parts = suite["parts"]
+  assert list(parts) == ["smoke", "attention", "conv", "tests"]
+  for entry in parts.values():
+    # A loaded machine may run out of budget: then what did not fit says so.
+    assert entry["status"] in ("ok", "partial") or "budget" in entry["reason"], entry
+  smoke, tiny = parts["smoke"], argparse.Namespace(tiny=True, quick=False)
+  assert smoke["cases"] and all(case["passed"] for case in smoke["cases"])
+  assert ([c["name"] for c in smoke["cases"]] + smoke.get("skipped", [])
+          == [c.name for c in _gpu_smoke.cases(tiny=True)])
+  assert all(case["interpret"] and case["compile_s"] > 0 for case in smoke["cases"])
+  assert smoke["compile_table"] == {"status": "skipped", "reason": "needs a GPU"}
+  attention = parts["attention"]
+  assert attention["points"] + attention.get("skipped", []) != []
+  grid = [{k: p[k] for k in ("seq", "head_dim", "causal")} for p in attention["points"]]
+  assert grid + attention.get("skipped", []) == gpu_suite.attention_grid(tiny)
+  for point in attention["points"]:
+    assert set(point["paths"]) == {"pallas", "xla"}
+    assert all(path[mode]["tflops"] > 0 for path in point["paths"].values()
+               for mode in ("fwd", "fwd_bwd"))
+  conv = parts["conv"]
+  assert len(conv["points"]) + len(conv.get("skipped", [])) == len(
+      gpu_suite.conv_items(tiny, accelerator=False))
+  for point in conv["points"]:
+    assert point["fwd"]["fused"]["gbps"] > 0 and point["bytes"]["fwd_bwd"] > 0
+  if parts["tests"]["status"] == "ok":
+    assert "collected" in parts["tests"]["summary"]
+    assert (tmp_path / parts["tests"]["output"]).read_text()
+  assert done.stdout.strip().splitlines()[-5].startswith("part")  # the table comes last
+
+
+def _fake_part(name, run, min_seconds=0.0):
+  return gpu_suite.Part(name, run, seconds=(1.0, 1.0), min_seconds=(min_seconds, min_seconds))
+
+
+def _sleep(seconds, status="ok"):
+  def run(ctx):
+    time.sleep(seconds)
+    return status
+  return run
+
+
+def _suite(tmp_path, budget: float) -> dict:
+  """Runs `gpu-suite` in this process (jax already imported: no start-up in the budget)."""
+  jax.devices()
+  code = bench_runner.main(["gpu-suite", "--tiny", "--budget", str(budget), "--out",
+                            str(tmp_path)])
+  return code, json.loads((tmp_path / "gpu_suite_cpu.json").read_text())
+
+
+def test_gpu_suite_skips_a_part_the_budget_cannot_start_and_cuts_a_sweep(monkeypatch, tmp_path):
+  def sweep_part(ctx):  # 5 points of >= 0.3 s in a share of < 1.5 s: some must be skipped
+    return gpu_suite.sweep(ctx, list(range(5)), lambda i: (time.sleep(0.3), i)[1],
+                           lambda i: {"point": i})
+
+  monkeypatch.setattr(gpu_suite, "PARTS", (
+      _fake_part("first", _sleep(1.5)),
+      _fake_part("big", _sleep(0.0), min_seconds=2.0),
+      _fake_part("last", sweep_part)))
+  code, suite = _suite(tmp_path, budget=3.0)
+  parts = suite["parts"]
+  assert code == 0 and suite["status"] == "done"
+  assert parts["first"]["status"] == "ok" and parts["first"]["wall_s"] >= 1.5
+  assert parts["big"]["status"] == "skipped" and "budget" in parts["big"]["reason"]
+  last = parts["last"]
+  assert last["status"] == "partial" and last["skipped"] and "budget" in last["skipped_reason"]
+  assert last["points"] + [s["point"] for s in last["skipped"]] == list(range(5))
+
+
+def test_gpu_suite_json_is_written_after_each_part(monkeypatch, tmp_path):
+  def first(ctx):
+    ctx.entry["headline"] = "first done"
+    return "ok"
+
+  def broken(ctx):
+    raise RuntimeError("a part that breaks")
+
+  def killed(ctx):  # what a run cut off at the limit looks like from inside
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(gpu_suite, "PARTS", (
+      _fake_part("first", first), _fake_part("broken", broken),
+      _fake_part("killed", killed), _fake_part("never", _sleep(0.0))))
+  with pytest.raises(KeyboardInterrupt):
+    _suite(tmp_path, budget=60.0)
+  suite = json.loads((tmp_path / "gpu_suite_cpu.json").read_text())
+  parts = suite["parts"]
+  assert suite["status"] == "running"
+  assert parts["first"] == {"status": "ok", "share_s": parts["first"]["share_s"],
+                            "headline": "first done", "wall_s": parts["first"]["wall_s"]}
+  assert parts["broken"]["status"] == "error" and "a part that breaks" in parts["broken"]["error"]
+  assert parts["killed"]["status"] == "running"
+  assert parts["never"] == {"status": "pending"}
+  # A part that raises fails the suite, and the others still run.
+  monkeypatch.setattr(gpu_suite, "PARTS", (_fake_part("broken", broken),
+                                           _fake_part("after", _sleep(0.0))))
+  code, suite = _suite(tmp_path, budget=60.0)
+  assert code == 1 and suite["parts"]["after"]["status"] == "ok"
+
+
+def test_gpu_suite_full_plan_covers_every_kernel():
+  full = argparse.Namespace(tiny=False, quick=False)
+  cases = _gpu_smoke.cases()
+  attention = [c for c in cases if c.op == "attention"]
+  assert {c.dtype for c in attention} == {"bfloat16", "float32"}
+  assert {c.shape[-1] for c in attention} == {64, 128}
+  assert any(c.shape[3] != c.shape[4] for c in attention)  # GQA
+  for option in ("causal", "kv_lengths", "segments"):
+    assert any(dict(c.options).get(option) for c in attention), option
+  conv = [c for c in cases if c.op == "conv2d"]
+  for dtype in ("bfloat16", "float32"):
+    mine = [dict(c.options) | {"k": c.shape[-1]} for c in conv if c.dtype == dtype]
+    assert {o.get("stride", 1) for o in mine if o["k"] == 3 and o.get("residual")} == {1, 2}
+    assert any(o["k"] == 1 for o in mine) and any(o.get("groups", 1) > 1 for o in mine)
+    assert any(c.op == "causal_conv1d" and c.dtype == dtype for c in cases)
+  assert len({c.name for c in cases}) == len(cases)
+  grid = gpu_suite.attention_grid(full)
+  assert len(grid) == 20 and {p["seq"] for p in grid} == {1024, 2048, 4096, 8192, 16384}
+  assert {(p["head_dim"], p["causal"]) for p in grid[:4]} == {(64, False), (64, True),
+                                                             (128, False), (128, True)}
+  items = gpu_suite.conv_items(full, accelerator=True)
+  assert {i["dtype"] for i in items if "causal" in i} == {"bfloat16", "float32"}
+  assert any(i.get("layer") == "mobilenetv2_dw_3x3" for i in items)
 
 
 @pytest.mark.slow

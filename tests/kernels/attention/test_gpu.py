@@ -158,11 +158,12 @@ def test_random_masks(attention_cases, seed, causal, density):
 
 @pytest.mark.parametrize("dtype,head_dim", [(jnp.bfloat16, 128), (jnp.float16, 80),
                                             (jnp.float32, 64)])
-def test_lowers_for_cuda(attention_cases, dtype, head_dim):
+def test_lowers_for_cuda(attention_cases, as_if_on_gpu, dtype, head_dim):
   """Forward and both backward kernels build Triton IR for a CUDA target, with no GPU.
 
   Lowering runs the Pallas-to-Triton rules (power-of-two shapes, supported ops, index
-  maps) on the CPU; only the PTX compile that follows needs the hardware.
+  maps) on the CPU for an abstract H100; only the PTX compile that follows needs the
+  hardware.
   """
   q, k, v = attention_cases.make_inputs(7, 2, 200, 300, 4, 2, head_dim, dtype)
   options = attention_cases.make_options(7, 2, 200, 300, 4, "all")

@@ -154,10 +154,11 @@ def test_random_problems(conv_cases, seed, phases, groups, batch, m, ci, co, ker
   _check_weight_grad(conv_cases, problem, dtype)
 
 
-def test_lowers_to_triton_for_cuda(conv_cases):
+def test_lowers_to_triton_for_cuda(conv_cases, as_if_on_gpu):
   """All four kernels lower to Triton custom calls for a CUDA target, without a GPU.
 
-  Default blocks, shapes large enough for whole 128-row tiles and a split weight gradient.
+  The target is an abstract H100 (`as_if_on_gpu`). Default blocks, shapes large enough
+  for whole 128-row tiles and a split weight gradient.
   """
   dense = conv_cases.make_canonical(10, phases=4, groups=2, batch=4, m=600, ci=40, co=70,
                                     dtype=jnp.bfloat16)

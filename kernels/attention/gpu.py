@@ -41,6 +41,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 import jax.numpy as jnp
 
+from kernels._indexing import div, fori_loop
 from kernels.attention.block_sizes import BlockSizes
 
 __all__ = ["attention_gpu"]
@@ -94,9 +95,9 @@ def _allowed(q_start, k_start, block_q, block_k, *, causal, q_seg, kv_seg, kv_va
 
 def _causal_k_blocks(q_block, block_q, block_k, num_k_blocks):
   """How many key blocks the query block `q_block` sees under a causal mask."""
-  # ceil((q_block + 1) * block_q / block_k), written with lax.div: program ids are int32
-  # scalars for which `pl.cdiv` and `//` do not lower.
-  upper = lax.div((q_block + 1) * block_q + block_k - 1, block_k)
+  # ceil((q_block + 1) * block_q / block_k), written with an int32 div: program ids are
+  # int32 scalars for which `pl.cdiv` and `//` do not lower.
+  upper = div((q_block + 1) * block_q + block_k - 1, block_k)
   return jnp.minimum(upper, num_k_blocks)
 
 
@@ -144,7 +145,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, kv_valid_ref, mask_r
     upper = _causal_k_blocks(q_block, block_q, block_k, num_k_blocks)
   else:
     upper = num_k_blocks
-  acc, m, l = lax.fori_loop(0, upper, body, (acc, m, l))
+  acc, m, l = fori_loop(0, upper, body, (acc, m, l))
   empty = l == 0.0  # [block_q]: rows with nothing to attend
   o_ref[...] = (acc / jnp.where(empty, 1.0, l)[:, None]).astype(o_ref.dtype)
   lse_ref[...] = jnp.where(empty, -jnp.inf, m + jnp.log(jnp.where(empty, 1.0, l)))
@@ -206,7 +207,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref, kv_se
     upper = _causal_k_blocks(q_block, block_q, block_k, num_k_blocks)
   else:
     upper = num_k_blocks
-  dq = lax.fori_loop(0, upper, body, jnp.zeros((block_q, head_dim), jnp.float32))
+  dq = fori_loop(0, upper, body, jnp.zeros((block_q, head_dim), jnp.float32))
   dq_ref[...] = dq.astype(dq_ref.dtype)
 
 
@@ -242,9 +243,9 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref, kv_s
     return dk, dv
 
   # Under a causal mask, query blocks that end before this key block starts see none of it.
-  lower = lax.div(k_block * block_k, block_q) if causal else 0
+  lower = div(k_block * block_k, block_q) if causal else 0
   zeros = jnp.zeros((block_k, head_dim), jnp.float32)
-  dk, dv = lax.fori_loop(lower, num_q_blocks, body, (zeros, zeros))
+  dk, dv = fori_loop(lower, num_q_blocks, body, (zeros, zeros))
   dk_ref[...] = dk.astype(dk_ref.dtype)
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
@@ -335,7 +336,8 @@ def attention_gpu(q, k, v, *, causal: bool = False, mask=None, q_lengths=None,
     kv_seg = _pad_axis(kv_segment_ids.astype(jnp.int32), 1, kv_pad)  # [B, Tk']
   if kv_lengths is not None or kv_pad != kv_len:
     limit = kv_len if kv_lengths is None else jnp.minimum(kv_lengths, kv_len)
-    kv_valid = (jnp.arange(kv_pad)[None, :] < jnp.reshape(limit, (-1, 1)))  # [B or 1, Tk']
+    kv_valid = (jnp.arange(kv_pad, dtype=jnp.int32)[None, :]
+                < jnp.reshape(limit, (-1, 1)))  # [B or 1, Tk']
     kv_valid = jnp.broadcast_to(kv_valid, (batch, kv_pad)).astype(jnp.int32)
   if mask is not None:  # int8: Triton has no bool tensors in memory.
     mask = jnp.broadcast_to(mask.astype(jnp.int8), mask.shape[:2] + (q_len, kv_len))
@@ -349,7 +351,7 @@ def attention_gpu(q, k, v, *, causal: bool = False, mask=None, q_lengths=None,
   out = _flash_attention(config, qp, kp, vp, q_seg, kv_seg, kv_valid, mask)
   out = out[:, :q_len, :, :head_dim]  # [B, Tq, Hq, D]
   if q_lengths is not None:  # Rows past the length: output 0, and so cotangent 0.
-    row_valid = jnp.arange(q_len)[None, :] < q_lengths[:, None]  # [B, Tq]
+    row_valid = jnp.arange(q_len, dtype=jnp.int32)[None, :] < q_lengths[:, None]  # [B, Tq]
     out = jnp.where(row_valid[:, :, None, None], out, jnp.zeros((), out.dtype))
   return out
 

@@ -45,6 +45,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 import jax.numpy as jnp
 
+from kernels._indexing import div, fori_loop, rem
 from kernels.conv.block_sizes import BlockSizes
 from kernels.conv.canonical import activate
 
@@ -106,7 +107,7 @@ def _forward_kernel(xs_ref, w_ref, bias_ref, residual_ref, *out_refs, taps, acti
       x = xs_ref[phase, pl.ds(row + shift, block_m), cols]  # [block_m, block_k]
       return acc + _dot(x, w_ref[t, cols, :])  # [block_m, block_n]
 
-    acc = lax.fori_loop(0, ci // block_k, body, acc)
+    acc = fori_loop(0, ci // block_k, body, acc)
   _epilogue(acc, bias_ref, residual_ref, out_refs, activation)
 
 
@@ -127,14 +128,14 @@ def _weight_grad_kernel(tap_ref, xs_ref, dz_ref, dw_ref, *, block_m, m_blocks, n
   phase, shift = tap_ref[0], tap_ref[1]
 
   def body(step, acc):
-    n = lax.div(step, m_blocks)
-    row = lax.rem(step, m_blocks) * block_m
+    n = div(step, m_blocks)
+    row = rem(step, m_blocks) * block_m
     x = xs_ref[phase, n, pl.ds(row + shift, block_m), :]  # [block_m, block_k]
     dz = dz_ref[n, pl.ds(row, block_m), :]  # [block_m, block_n]
     return acc + _dot(x, dz, trans_a=True)  # [block_k, block_n]
 
   lower, upper = _split_steps(pl.program_id(4), steps_per_split, num_steps)
-  dw_ref[...] = lax.fori_loop(lower, upper, body, jnp.zeros(dw_ref.shape, jnp.float32))
+  dw_ref[...] = fori_loop(lower, upper, body, jnp.zeros(dw_ref.shape, jnp.float32))
 
 
 def _depthwise_forward_kernel(xs_ref, w_ref, bias_ref, residual_ref, *out_refs, taps,
@@ -162,15 +163,15 @@ def _depthwise_weight_grad_kernel(tap_ref, xs_ref, dz_ref, dw_ref, *, block_m, m
   phase, shift = tap_ref[0], tap_ref[1]
 
   def body(step, acc):
-    n = lax.div(step, m_blocks)
-    row = lax.rem(step, m_blocks) * block_m
+    n = div(step, m_blocks)
+    row = rem(step, m_blocks) * block_m
     x = xs_ref[phase, n, pl.ds(row + shift, block_m), :].astype(jnp.float32)
     return acc + x * dz_ref[n, pl.ds(row, block_m), :].astype(jnp.float32)
 
   lower, upper = _split_steps(pl.program_id(2), steps_per_split, num_steps)
   acc = jnp.zeros((block_m,) + dw_ref.shape, jnp.float32)
   # Rows are summed once at the end, not per step.
-  dw_ref[...] = jnp.sum(lax.fori_loop(lower, upper, body, acc), axis=0)
+  dw_ref[...] = jnp.sum(fori_loop(lower, upper, body, acc), axis=0)
 
 
 # ---------------------------------------------------------------------------------------

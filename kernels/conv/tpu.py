@@ -61,6 +61,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from kernels._indexing import as_int32
 from kernels.conv import canonical
 from kernels.conv.block_sizes import BlockSizes
 
@@ -96,7 +97,7 @@ def _window(x_ref, phase: int, shift: int, i, block_m: int, tile: int):
 def _rows_up(window, rest: int, block_m: int):
   """`window[rest:rest + block_m]` of a 32-bit window, by a sublane rotation."""
   if rest:
-    window = pltpu.roll(window, window.shape[0] - rest, axis=0)
+    window = pltpu.roll(window, as_int32(window.shape[0] - rest), axis=0)
   return window[:block_m]
 
 
@@ -106,7 +107,7 @@ def _rows_down(rows, rest: int, tile: int):
   Aligns a `dz` tile with `_window(...)` for a shift of residue `rest`.
   """
   padded = jnp.concatenate([rows, jnp.zeros((tile, rows.shape[1]), rows.dtype)], axis=0)
-  return pltpu.roll(padded, rest, axis=0) if rest else padded
+  return pltpu.roll(padded, as_int32(rest), axis=0) if rest else padded
 
 
 def _add(sums: dict, key, value):

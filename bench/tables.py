@@ -365,15 +365,15 @@ def gpu_compile_block(results: Path) -> str:
   if after is None:
     return _missing("gpu_compile_sm90", "python3 scripts/gpu_compile.py")
   before = _by_kernel(_load(results, "gpu_compile_sm90_before"))
-  rows = ["| kernel | dtype | programs | spilling: before -> now | worst spill, bytes/thread: "
+  rows = ["| kernel | dtype | spilling programs: before -> now | worst spill, bytes/thread: "
           "before -> now | registers (max) | blocks/SM (min) | compile s (max): before -> now |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+          "| --- | --- | --- | --- | --- | --- | --- |"]
   for (kernel, dtype), programs in sorted(_by_kernel(after).items()):
     old = before.get((kernel, dtype))
     then = _compile_stats(old) if old else dict.fromkeys(_compile_stats(programs), "-")
     now = _compile_stats(programs)
-    rows.append(f"| `{kernel}` | {dtype} | {len(programs)} | {then['spilling']} -> "
-                f"**{now['spilling']}** | {then['spill']} -> {now['spill']} | "
+    rows.append(f"| `{kernel}` | {dtype} | {then['spilling']}/{len(old or ())} -> "
+                f"**{now['spilling']}/{len(programs)}** | {then['spill']} -> {now['spill']} | "
                 f"{now['registers']} | {now['blocks']} | {then['seconds']} -> "
                 f"{now['seconds']} |")
   summary = after["summary"]
@@ -382,7 +382,7 @@ def gpu_compile_block(results: Path) -> str:
       f"`{after['target']}` (sm_90a), {summary['errors']} failed, "
       f"{summary['spilling_programs']} spilling, {summary['single_block_programs']} with "
       f"fewer than 2 blocks per SM; {summary['compile_seconds_total']:.0f} s of compiling. ")
-  return text + _provenance(after, unit="compile")
+  return text + _provenance(after, unit="run of the grid")
 
 
 BLOCKS = {"results": results_block, "peers": peers_block, "attention": attention_block,

@@ -90,7 +90,7 @@ def attention(q, k, v, *, causal: bool = False, mask=None, q_lengths=None, kv_le
   if impl == "pallas_gpu":
     from kernels.attention.gpu import attention_gpu
     return attention_gpu(q, k, v, **options,
-                         block_sizes=block_sizes or BlockSizes.default("gpu", q.shape[-1]),
+                         block_sizes=block_sizes or BlockSizes.default("gpu", q.shape[-1], q.dtype),
                          interpret=backend != "gpu")
   from kernels.attention.tpu import attention_tpu
   return attention_tpu(q, k, v, **options,

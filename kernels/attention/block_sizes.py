@@ -1,25 +1,53 @@
-"""Tile sizes of the attention kernels: one validated dataclass, defaults per backend."""
+"""Tile sizes of the attention kernels: one validated dataclass, defaults per backend.
+
+The GPU defaults come from compiling every kernel for sm_90a (`python -m bench
+gpu-compile`, bench/results/gpu_compile_sm90.json): per head dim (padded to a power of two)
+and operand width, the largest tiles whose forward, dq and dk/dv programs spill no register
+and keep at least 2 blocks resident per SM.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
+
 from kernels._block_sizes import check_block_sizes
 
 __all__ = ["BlockSizes"]
 
+# (operand bits, padded head dim) -> (block_q, block_k, num_warps, num_stages) forward,
+# (block_q_bwd, block_k_bwd, num_warps_bwd, num_stages_bwd) backward and `float32_dot`, for
+# sm_90a. Float32 tiles are small because 3xTF32 doubles every operand in registers; from
+# head dim 128 on even 16x16 3xTF32 tiles spill (some mask kinds), while exact FMA dots fit.
+_GPU_TABLE = {
+    (16, 32): ((128, 64, 8, 2), (64, 64, 4, 2), None),
+    (16, 64): ((128, 64, 8, 2), (64, 64, 4, 2), None),
+    (16, 128): ((64, 64, 4, 2), (64, 32, 4, 2), None),
+    (16, 256): ((64, 32, 4, 2), (32, 16, 4, 2), None),
+    (32, 32): ((64, 32, 4, 2), (32, 16, 4, 2), None),
+    (32, 64): ((64, 32, 4, 2), (16, 32, 4, 2), None),
+    (32, 128): ((32, 16, 4, 1), (16, 16, 4, 2), "ieee"),
+    (32, 256): ((16, 16, 4, 1), (16, 16, 4, 2), "ieee"),
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-  """Tiles of the forward and backward passes.
+  """Tiles of the forward and backward passes, and the GPU kernels' Triton options.
 
   Attributes:
     block_q: query rows per forward tile.
     block_k: key rows per forward inner step.
     block_q_bwd: query rows per tile in the backward kernels.
     block_k_bwd: key rows per tile in the backward kernels.
-    num_warps: GPU (Triton) warps per program; None lets the kernel choose.
-    num_stages: GPU (Triton) software-pipelining stages; None lets the kernel choose.
+    num_warps: GPU (Triton) warps per forward program; None lets the kernel choose.
+    num_stages: GPU (Triton) software-pipelining stages of the forward; None: the kernel's.
+    num_warps_bwd, num_stages_bwd: the same for the dq and dk/dv programs; None: as the
+      forward's.
+    float32_dot: how the GPU kernels multiply float32 tiles: "tf32x3" (the default for
+      None; float32's accuracy on the tensor cores), "tf32" (faster, about 1e-3 relative)
+      or "ieee" (exact FMA loops; slow). Interpret mode is always exact.
   """
 
   block_q: int = 128
@@ -28,19 +56,24 @@ class BlockSizes:
   block_k_bwd: int = 64
   num_warps: int | None = None
   num_stages: int | None = None
+  num_warps_bwd: int | None = None
+  num_stages_bwd: int | None = None
+  float32_dot: str | None = None
 
   def __post_init__(self):
     check_block_sizes(self, ("block_q", "block_k", "block_q_bwd", "block_k_bwd"))
 
   @classmethod
-  def default(cls, backend: str, head_dim: int) -> "BlockSizes":
-    """Defaults for `backend` ("gpu", "tpu" or "cpu") and `head_dim`."""
+  def default(cls, backend: str, head_dim: int, dtype=jnp.bfloat16) -> "BlockSizes":
+    """Defaults for `backend` ("gpu", "tpu" or "cpu"), `head_dim` and the inputs' `dtype`."""
     if backend == "gpu":
-      if head_dim > 128:
-        return cls(block_q=64, block_k=32, block_q_bwd=32, block_k_bwd=32, num_warps=4,
-                   num_stages=2)
-      return cls(block_q=128, block_k=64, block_q_bwd=64, block_k_bwd=64, num_warps=4,
-                 num_stages=2)
+      bits = 32 if jnp.dtype(dtype).itemsize >= 4 else 16
+      padded = min(256, max(32, 1 << max(0, (head_dim - 1).bit_length())))
+      (bq, bk, warps, stages), (bq_bwd, bk_bwd, warps_bwd, stages_bwd), dot = _GPU_TABLE[
+          bits, padded]
+      return cls(block_q=bq, block_k=bk, block_q_bwd=bq_bwd, block_k_bwd=bk_bwd,
+                 num_warps=warps, num_stages=stages, num_warps_bwd=warps_bwd,
+                 num_stages_bwd=stages_bwd, float32_dot=dot)
     if backend == "tpu":
       return cls(block_q=128, block_k=128, block_q_bwd=128, block_k_bwd=128)
     return cls(block_q=512, block_k=512, block_q_bwd=512, block_k_bwd=512)

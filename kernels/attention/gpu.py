@@ -41,6 +41,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 import jax.numpy as jnp
 
+from kernels._block_sizes import float32_dot_precision
 from kernels._indexing import div, fori_loop
 from kernels.attention.block_sizes import BlockSizes
 
@@ -57,10 +58,14 @@ _DEFAULT_NUM_STAGES = 2
 # ---------------------------------------------------------------------------------------
 
 
-def _dot(a, b, *, trans_a=False, trans_b=False):
-  """`a @ b` (optionally transposed) in float32; float32 inputs stay IEEE (no TF32)."""
-  precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
-  return plgpu.dot(a, b, trans_a=trans_a, trans_b=trans_b, precision=precision)
+def _dot(a, b, *, precision, trans_a=False, trans_b=False):
+  """`a @ b` (optionally transposed), accumulated in float32.
+
+  `precision` applies to float32 operands only (`kernels._block_sizes.float32_dot_precision`); 16-bit operands
+  always take the tensor cores' native 16-bit product.
+  """
+  return plgpu.dot(a, b, trans_a=trans_a, trans_b=trans_b,
+                   precision=precision if a.dtype == jnp.float32 else None)
 
 
 def _allowed(q_start, k_start, block_q, block_k, *, causal, q_seg, kv_seg, kv_valid,
@@ -102,7 +107,7 @@ def _causal_k_blocks(q_block, block_q, block_k, num_k_blocks):
 
 
 def _fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, kv_valid_ref, mask_ref,
-                o_ref, lse_ref, *, scale, causal, block_q, block_k):
+                o_ref, lse_ref, *, scale, causal, block_q, block_k, precision):
   """One query block of one (batch, head): online softmax over the key blocks.
 
   Refs (batch and head squeezed): q `[block_q, D]`, k and v `[Tk, D]`, q_seg `[block_q]`,
@@ -119,7 +124,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, kv_valid_ref, mask_r
     acc, m_prev, l_prev = carry  # [block_q, D], [block_q], [block_q]
     k_slice = pl.ds(k_block * block_k, block_k)
     k = k_ref[k_slice, :]  # [block_k, D]
-    s = _dot(q, k, trans_b=True) * scale  # [block_q, block_k]
+    s = _dot(q, k, precision=precision, trans_b=True) * scale  # [block_q, block_k]
     allowed = _allowed(
         q_block * block_q, k_block * block_k, block_q, block_k, causal=causal, q_seg=q_seg,
         kv_seg=None if kv_seg_ref is None else kv_seg_ref[k_slice],
@@ -135,7 +140,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, kv_valid_ref, mask_r
     p = jnp.exp(s - m_safe[:, None])  # [block_q, block_k]
     l_next = correction * l_prev + jnp.sum(p, axis=1)  # [block_q]
     v = v_ref[k_slice, :]  # [block_k, D]
-    acc = correction[:, None] * acc + _dot(p.astype(v.dtype), v)  # [block_q, D]
+    acc = correction[:, None] * acc + _dot(p.astype(v.dtype), v, precision=precision)  # [block_q, D]
     return acc, m_next, l_next
 
   acc = jnp.zeros((block_q, head_dim), jnp.float32)
@@ -151,7 +156,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, kv_valid_ref, mask_r
   lse_ref[...] = jnp.where(empty, -jnp.inf, m + jnp.log(jnp.where(empty, 1.0, l)))
 
 
-def _probs_and_dscores(q, k, v, do, lse, delta, allowed, scale):
+def _probs_and_dscores(q, k, v, do, lse, delta, allowed, scale, precision):
   """The backward of one tile (FlashAttention-2, Algorithm 2, lines 11-16).
 
   Args:
@@ -159,23 +164,25 @@ def _probs_and_dscores(q, k, v, do, lse, delta, allowed, scale):
     lse, delta: float32 `[block_q]`; lse is -inf for rows with nothing to attend.
     allowed: bool `[block_q, block_k]` or None.
     scale: the logit scale.
+    precision: of the float32 dots (see `_dot`).
 
   Returns:
     p: float32 `[block_q, block_k]`, the probabilities.
     ds: float32 `[block_q, block_k]`, d(loss)/d(logits before scaling), times scale.
   """
-  s = _dot(q, k, trans_b=True) * scale  # [block_q, block_k]
+  s = _dot(q, k, precision=precision, trans_b=True) * scale  # [block_q, block_k]
   if allowed is not None:
     s = jnp.where(allowed, s, -jnp.inf)
   lse = jnp.where(lse == -jnp.inf, 0.0, lse)  # [block_q]; such rows have s = -inf anyway
   p = jnp.exp(s - lse[:, None])  # [block_q, block_k]
-  dp = _dot(do, v, trans_b=True)  # [block_q, block_k]
+  dp = _dot(do, v, precision=precision, trans_b=True)  # [block_q, block_k]
   ds = p * (dp - delta[:, None]) * scale  # [block_q, block_k]
   return p, ds
 
 
 def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref, kv_seg_ref,
-               kv_valid_ref, mask_ref, dq_ref, *, scale, causal, block_q, block_k):
+               kv_valid_ref, mask_ref, dq_ref, *, scale, causal, block_q, block_k,
+               precision):
   """dq of one query block: iterates over the key blocks.
 
   Refs (batch and head squeezed): q, do `[block_q, D]`, k, v `[Tk, D]`, lse, delta
@@ -200,8 +207,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref, kv_se
         kv_seg=None if kv_seg_ref is None else kv_seg_ref[k_slice],
         kv_valid=None if kv_valid_ref is None else kv_valid_ref[k_slice],
         mask_tile=None if mask_ref is None else mask_ref[:, k_slice])
-    _, ds = _probs_and_dscores(q, k, v, do, lse, delta, allowed, scale)
-    return dq + _dot(ds.astype(k.dtype), k)  # [block_q, D]
+    _, ds = _probs_and_dscores(q, k, v, do, lse, delta, allowed, scale, precision)
+    return dq + _dot(ds.astype(k.dtype), k, precision=precision)  # [block_q, D]
 
   if causal:
     upper = _causal_k_blocks(q_block, block_q, block_k, num_k_blocks)
@@ -212,7 +219,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref, kv_se
 
 
 def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref, kv_seg_ref,
-                kv_valid_ref, mask_ref, dk_ref, dv_ref, *, scale, causal, block_q, block_k):
+                kv_valid_ref, mask_ref, dk_ref, dv_ref, *, scale, causal, block_q, block_k,
+                precision):
   """dk and dv of one key block, for one query head: iterates over the query blocks.
 
   Refs (batch and head squeezed): q, do `[Tq, D]`, k, v `[block_k, D]`, lse, delta
@@ -237,9 +245,9 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref, kv_s
         q_seg=None if q_seg_ref is None else q_seg_ref[q_slice], kv_seg=kv_seg,
         kv_valid=kv_valid, mask_tile=None if mask_ref is None else mask_ref[q_slice, :])
     p, ds = _probs_and_dscores(q, k, v, do, lse_ref[q_slice], delta_ref[q_slice], allowed,
-                               scale)
-    dv = dv + _dot(p.astype(do.dtype), do, trans_a=True)  # [block_k, D]
-    dk = dk + _dot(ds.astype(q.dtype), q, trans_a=True)  # [block_k, D]
+                               scale, precision)
+    dv = dv + _dot(p.astype(do.dtype), do, precision=precision, trans_a=True)  # [block_k, D]
+    dk = dk + _dot(ds.astype(q.dtype), q, precision=precision, trans_a=True)  # [block_k, D]
     return dk, dv
 
   # Under a causal mask, query blocks that end before this key block starts see none of it.
@@ -288,6 +296,9 @@ class _Config:
   block_k_bwd: int
   num_warps: int
   num_stages: int
+  num_warps_bwd: int
+  num_stages_bwd: int
+  precision: object  # of the float32 dots: a lax.Precision or lax.DotAlgorithmPreset
   interpret: bool
 
 
@@ -316,7 +327,7 @@ def attention_gpu(q, k, v, *, causal: bool = False, mask=None, q_lengths=None,
   batch, q_len, q_heads, head_dim = q.shape
   kv_len = k.shape[1]
   scale = head_dim ** -0.5 if scale is None else float(scale)
-  block_sizes = block_sizes or BlockSizes.default("gpu", head_dim)
+  block_sizes = block_sizes or BlockSizes.default("gpu", head_dim, q.dtype)
   if (q_segment_ids is None) != (kv_segment_ids is None):
     raise ValueError("q_segment_ids and kv_segment_ids must be given together; got "
                      f"{q_segment_ids is None=} and {kv_segment_ids is None=}")
@@ -347,6 +358,11 @@ def attention_gpu(q, k, v, *, causal: bool = False, mask=None, q_lengths=None,
                    block_q_bwd=blocks[2], block_k_bwd=blocks[3],
                    num_warps=block_sizes.num_warps or _DEFAULT_NUM_WARPS,
                    num_stages=block_sizes.num_stages or _DEFAULT_NUM_STAGES,
+                   num_warps_bwd=(block_sizes.num_warps_bwd or block_sizes.num_warps
+                                  or _DEFAULT_NUM_WARPS),
+                   num_stages_bwd=(block_sizes.num_stages_bwd or block_sizes.num_stages
+                                   or _DEFAULT_NUM_STAGES),
+                   precision=float32_dot_precision(block_sizes.float32_dot, interpret),
                    interpret=interpret)
   out = _flash_attention(config, qp, kp, vp, q_seg, kv_seg, kv_valid, mask)
   out = out[:, :q_len, :, :head_dim]  # [B, Tq, Hq, D]
@@ -389,7 +405,7 @@ def _forward(config, q, k, v, q_seg, kv_seg, kv_valid, mask):
     in_specs.append(pl.BlockSpec((None, None, block_q, kv_len),
                                  lambda i, b, h: (*index(b, h), i, 0)))
   kernel = functools.partial(_fwd_kernel, scale=config.scale, causal=config.causal,
-                             block_q=block_q, block_k=block_k)
+                             block_q=block_q, block_k=block_k, precision=config.precision)
   out, lse = pl.pallas_call(
       kernel,
       grid=(q_len // block_q, batch, q_heads),
@@ -422,8 +438,8 @@ def _bwd(config, residuals, d_out):
   # delta_i = rowsum(dO_i * O_i) (FlashAttention-2, Algorithm 2, line 4).
   delta = jnp.einsum("bqhd,bqhd->bhq", d_out.astype(jnp.float32),
                      out.astype(jnp.float32))  # [B, Hq, Tq']
-  compiler_params = plgpu.CompilerParams(num_warps=config.num_warps,
-                                         num_stages=config.num_stages)
+  compiler_params = plgpu.CompilerParams(num_warps=config.num_warps_bwd,
+                                         num_stages=config.num_stages_bwd)
   operands = (q, k, v, d_out, lse, delta, q_seg, kv_seg, kv_valid, mask)
   mask_index = None if mask is None else _mask_index(mask)
 
@@ -434,7 +450,7 @@ def _bwd(config, residuals, d_out):
   row_spec = pl.BlockSpec((None, None, block_q), lambda i, b, h: (b, h, i))
   dq = pl.pallas_call(
       functools.partial(_dq_kernel, scale=config.scale, causal=config.causal,
-                        block_q=block_q, block_k=block_k),
+                        block_q=block_q, block_k=block_k, precision=config.precision),
       grid=(q_len // block_q, batch, q_heads),
       in_specs=[
           q_block_spec, kv_full_spec, kv_full_spec, q_block_spec, row_spec, row_spec,
@@ -462,7 +478,7 @@ def _bwd(config, residuals, d_out):
   dkv_shape = jax.ShapeDtypeStruct((batch, kv_len, q_heads, head_dim), dkv_dtype)
   dk, dv = pl.pallas_call(
       functools.partial(_dkv_kernel, scale=config.scale, causal=config.causal,
-                        block_q=block_q, block_k=block_k),
+                        block_q=block_q, block_k=block_k, precision=config.precision),
       grid=(kv_len // block_k, batch, q_heads),
       in_specs=[
           q_full_spec, kv_block_spec, kv_block_spec, q_full_spec, row_full_spec,

@@ -14,8 +14,8 @@ Each function solves the canonical flat-shift implicit GEMM of `kernels.conv.can
 and `interpret`. No im2col matrix is built: the kernels read `xs` in place.
 
 - `forward`: a grid over (Co blocks, m blocks, groups, batch). Each program accumulates
-  one float32 `[block_m, block_n]` tile over the taps (a static unrolled loop: phase and
-  shift are Python ints) and, per tap, over the Ci blocks (a loop), reading the rows
+  one float32 `[block_m, block_n]` tile in one loop over the (tap, Ci block) steps, the
+  taps' phase and shift read from an int32 `[T, 2]` table, reading the rows
   `r0 + shift .. r0 + shift + block_m` of the tap's phase. Bias, residual and activation
   are applied to the tile before the single store, so the pre-activation reaches memory
   only when `save_preactivation` asks for it.
@@ -40,11 +40,11 @@ from __future__ import annotations
 import functools
 
 import jax
-from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 import jax.numpy as jnp
 
+from kernels._block_sizes import float32_dot_precision
 from kernels._indexing import div, fori_loop, rem
 from kernels.conv.block_sizes import BlockSizes
 from kernels.conv.canonical import activate
@@ -64,10 +64,14 @@ _MIN_STEPS_PER_SPLIT = 4
 # ---------------------------------------------------------------------------------------
 
 
-def _dot(a, b, *, trans_a=False):
-  """`a @ b` (`a` optionally transposed) in float32; float32 inputs stay IEEE (no TF32)."""
-  precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
-  return plgpu.dot(a, b, trans_a=trans_a, precision=precision)
+def _dot(a, b, *, precision, trans_a=False):
+  """`a @ b` (`a` optionally transposed), accumulated in float32.
+
+  `precision` applies to float32 operands only (`kernels._block_sizes.float32_dot_precision`); 16-bit operands
+  always take the tensor cores' native 16-bit product.
+  """
+  return plgpu.dot(a, b, trans_a=trans_a,
+                   precision=precision if a.dtype == jnp.float32 else None)
 
 
 def _epilogue(acc, bias_ref, residual_ref, out_refs, activation):
@@ -90,24 +94,32 @@ def _epilogue(acc, bias_ref, residual_ref, out_refs, activation):
     z_ref[0][...] = acc.astype(z_ref[0].dtype)
 
 
-def _forward_kernel(xs_ref, w_ref, bias_ref, residual_ref, *out_refs, taps, activation,
-                    block_m, block_k):
+def _forward_kernel(tap_ref, xs_ref, w_ref, bias_ref, residual_ref, *out_refs, activation,
+                    block_m, block_k, precision):
   """One `[block_m, block_n]` output tile of one (batch, group).
 
-  Refs: xs `[S, L', Ci']`, w `[T, Ci', block_n]`, bias float32 `[block_n]` or None,
-  residual `[block_m, block_n]` or None; outputs y (and z) `[block_m, block_n]`.
+  One loop runs over every (tap, Ci block) step; the taps' phase and shift are read from
+  `tap_ref`. A loop rather than an unrolled sequence of taps keeps the code, the compile
+  time and the registers of a 7x7 kernel those of a 1x1 (unrolled, 49 taps at stride 2
+  spilled in float32 and took minutes to compile), and lets Triton pipeline across taps.
+
+  Refs: tap int32 `[T, 2]` (phase, shift), xs `[S, L', Ci']`, w `[T, Ci', block_n]`, bias
+  float32 `[block_n]` or None, residual `[block_m, block_n]` or None; outputs y (and z)
+  `[block_m, block_n]`.
   """
   row = pl.program_id(1) * block_m
-  ci, block_n = w_ref.shape[1:]
-  acc = jnp.zeros((block_m, block_n), jnp.float32)
-  for t, (phase, shift) in enumerate(taps):
+  num_taps, ci, block_n = w_ref.shape
+  k_blocks = ci // block_k
 
-    def body(k_block, acc, t=t, phase=phase, shift=shift):
-      cols = pl.ds(k_block * block_k, block_k)
-      x = xs_ref[phase, pl.ds(row + shift, block_m), cols]  # [block_m, block_k]
-      return acc + _dot(x, w_ref[t, cols, :])  # [block_m, block_n]
+  def body(step, acc):
+    t = div(step, k_blocks)
+    cols = pl.ds(rem(step, k_blocks) * block_k, block_k)
+    phase, shift = tap_ref[t, 0], tap_ref[t, 1]
+    x = xs_ref[phase, pl.ds(row + shift, block_m), cols]  # [block_m, block_k]
+    return acc + _dot(x, w_ref[t, cols, :], precision=precision)  # [block_m, block_n]
 
-    acc = fori_loop(0, ci // block_k, body, acc)
+  acc = fori_loop(0, num_taps * k_blocks, body,
+                  jnp.zeros((block_m, block_n), jnp.float32))
   _epilogue(acc, bias_ref, residual_ref, out_refs, activation)
 
 
@@ -118,7 +130,7 @@ def _split_steps(split, steps_per_split, num_steps):
 
 
 def _weight_grad_kernel(tap_ref, xs_ref, dz_ref, dw_ref, *, block_m, m_blocks, num_steps,
-                        steps_per_split):
+                        steps_per_split, precision):
   """One float32 `[block_k, block_n]` tile of `dw[t, g]`, summed over this split's steps.
 
   Step `i` is example `i // m_blocks`, rows `(i % m_blocks) * block_m` onwards.
@@ -132,24 +144,29 @@ def _weight_grad_kernel(tap_ref, xs_ref, dz_ref, dw_ref, *, block_m, m_blocks, n
     row = rem(step, m_blocks) * block_m
     x = xs_ref[phase, n, pl.ds(row + shift, block_m), :]  # [block_m, block_k]
     dz = dz_ref[n, pl.ds(row, block_m), :]  # [block_m, block_n]
-    return acc + _dot(x, dz, trans_a=True)  # [block_k, block_n]
+    return acc + _dot(x, dz, precision=precision, trans_a=True)  # [block_k, block_n]
 
   lower, upper = _split_steps(pl.program_id(4), steps_per_split, num_steps)
   dw_ref[...] = fori_loop(lower, upper, body, jnp.zeros(dw_ref.shape, jnp.float32))
 
 
-def _depthwise_forward_kernel(xs_ref, w_ref, bias_ref, residual_ref, *out_refs, taps,
+def _depthwise_forward_kernel(tap_ref, xs_ref, w_ref, bias_ref, residual_ref, *out_refs,
                               activation, block_m):
-  """One `[block_m, block_c]` output tile of one example.
+  """One `[block_m, block_c]` output tile of one example; a loop over the taps.
 
-  Refs: xs `[S, L', block_c]`, w `[T, block_c]`, bias float32 `[block_c]` or None,
-  residual `[block_m, block_c]` or None; outputs y (and z) `[block_m, block_c]`.
+  Refs: tap int32 `[T, 2]` (phase, shift), xs `[S, L', block_c]`, w `[T, block_c]`, bias
+  float32 `[block_c]` or None, residual `[block_m, block_c]` or None; outputs y (and z)
+  `[block_m, block_c]`.
   """
   row = pl.program_id(1) * block_m
-  acc = jnp.zeros((block_m, w_ref.shape[1]), jnp.float32)
-  for t, (phase, shift) in enumerate(taps):
+
+  def body(t, acc):
+    phase, shift = tap_ref[t, 0], tap_ref[t, 1]
     x = xs_ref[phase, pl.ds(row + shift, block_m), :].astype(jnp.float32)
-    acc = acc + x * w_ref[t, :].astype(jnp.float32)[None, :]  # [block_m, block_c]
+    return acc + x * w_ref[t, :].astype(jnp.float32)[None, :]  # [block_m, block_c]
+
+  acc = fori_loop(0, w_ref.shape[0], body,
+                  jnp.zeros((block_m, w_ref.shape[1]), jnp.float32))
   _epilogue(acc, bias_ref, residual_ref, out_refs, activation)
 
 
@@ -236,13 +253,13 @@ def forward(xs, w, bias, residual, *, taps, m, activation, save_preactivation=Fa
     m: the number of output rows (of the wide output grid).
     activation: one of `canonical.ACTIVATIONS`.
     save_preactivation: also return the pre-activation `z`.
-    block_sizes: tiles and Triton options; None for `BlockSizes.default("gpu")`.
+    block_sizes: tiles and Triton options; None for `BlockSizes.default("gpu", xs.dtype)`.
     interpret: run the kernel in the Pallas interpreter (any backend).
 
   Returns:
     y `[N, G, m, Co]` in `xs.dtype`, or `(y, z)` with z of the same shape and dtype.
   """
-  block_sizes = block_sizes or BlockSizes.default("gpu")
+  block_sizes = block_sizes or BlockSizes.default("gpu", xs.dtype)
   _, batch, groups, _, ci = xs.shape
   num_taps, co = w.shape[0], w.shape[3]
   block_m, block_n = _block(block_sizes.block_m, m), _block(block_sizes.block_n, co)
@@ -258,10 +275,11 @@ def forward(xs, w, bias, residual, *, taps, m, activation, save_preactivation=Fa
   out_spec = pl.BlockSpec((None, None, block_m, block_n), lambda j, i, g, n: (n, g, i, j))
   num_outputs = 2 if save_preactivation else 1
   outs = pl.pallas_call(
-      functools.partial(_forward_kernel, taps=taps, activation=activation, block_m=block_m,
-                        block_k=block_k),
+      functools.partial(_forward_kernel, activation=activation, block_m=block_m,
+                        block_k=block_k, precision=float32_dot_precision(block_sizes.float32_dot, interpret)),
       grid=(co_pad // block_n, m_pad // block_m, groups, batch),
       in_specs=[
+          pl.BlockSpec((num_taps, 2), lambda j, i, g, n: (0, 0)),
           pl.BlockSpec((xs.shape[0], None, None, xs.shape[3], ci_pad),
                        lambda j, i, g, n: (0, n, g, 0, 0)),
           pl.BlockSpec((num_taps, None, ci_pad, block_n), lambda j, i, g, n: (0, g, 0, j)),
@@ -273,7 +291,7 @@ def forward(xs, w, bias, residual, *, taps, m, activation, save_preactivation=Fa
       compiler_params=_compiler_params(block_sizes),
       interpret=interpret,
       name="conv_forward",
-  )(xs, w, bias, residual)
+  )(jnp.asarray(taps, jnp.int32), xs, w, bias, residual)
   outs = tuple(out[:, :, :m, :co] for out in outs)
   return outs if save_preactivation else outs[0]
 
@@ -287,13 +305,13 @@ def weight_grad(xs, dz, *, taps, block_sizes=None, interpret=False):
     dz: `[N, G, m, Co]`, `xs.dtype`: the cotangent of the pre-activation.
     taps: static tuple of `T` `(phase, shift)` int pairs.
     block_sizes: tiles (block_k over Ci, block_n over Co, block_m rows per reduction
-      step) and Triton options; None for `BlockSizes.default("gpu")`.
+      step) and Triton options; None for `BlockSizes.default("gpu", xs.dtype)`.
     interpret: run the kernel in the Pallas interpreter (any backend).
 
   Returns:
     float32 `[T, G, Ci, Co]`.
   """
-  block_sizes = block_sizes or BlockSizes.default("gpu")
+  block_sizes = block_sizes or BlockSizes.default("gpu", xs.dtype)
   _, batch, groups, _, ci = xs.shape
   m, co = dz.shape[2:]
   num_taps = len(taps)
@@ -310,7 +328,8 @@ def weight_grad(xs, dz, *, taps, block_sizes=None, interpret=False):
 
   dw = pl.pallas_call(
       functools.partial(_weight_grad_kernel, block_m=block_m, m_blocks=m_blocks,
-                        num_steps=num_steps, steps_per_split=steps_per_split),
+                        num_steps=num_steps, steps_per_split=steps_per_split,
+                        precision=float32_dot_precision(block_sizes.float32_dot, interpret)),
       grid=grid + (splits,),
       in_specs=[
           pl.BlockSpec((None, 2), lambda j, k, t, g, s: (t, 0)),
@@ -343,13 +362,13 @@ def depthwise_forward(xs, w, bias, residual, *, taps, m, activation,
     activation: one of `canonical.ACTIVATIONS`.
     save_preactivation: also return the pre-activation `z`.
     block_sizes: tiles (block_m rows, block_n channels) and Triton options; None for
-      `BlockSizes.default("gpu")`.
+      `BlockSizes.default("gpu", xs.dtype)`.
     interpret: run the kernel in the Pallas interpreter (any backend).
 
   Returns:
     y `[N, m, C]` in `xs.dtype`, or `(y, z)` with z of the same shape and dtype.
   """
-  block_sizes = block_sizes or BlockSizes.default("gpu")
+  block_sizes = block_sizes or BlockSizes.default("gpu", xs.dtype)
   _, batch, _, c = xs.shape
   block_m, block_c = _block(block_sizes.block_m, m), _block(block_sizes.block_n, c)
   m_pad, c_pad = _round_up(m, block_m), _round_up(c, block_c)
@@ -363,10 +382,10 @@ def depthwise_forward(xs, w, bias, residual, *, taps, m, activation,
   out_spec = pl.BlockSpec((None, block_m, block_c), lambda j, i, n: (n, i, j))
   num_outputs = 2 if save_preactivation else 1
   outs = pl.pallas_call(
-      functools.partial(_depthwise_forward_kernel, taps=taps, activation=activation,
-                        block_m=block_m),
+      functools.partial(_depthwise_forward_kernel, activation=activation, block_m=block_m),
       grid=(c_pad // block_c, m_pad // block_m, batch),
       in_specs=[
+          pl.BlockSpec((w.shape[0], 2), lambda j, i, n: (0, 0)),
           pl.BlockSpec((xs.shape[0], None, xs.shape[2], block_c), lambda j, i, n: (0, n, 0, j)),
           pl.BlockSpec((w.shape[0], block_c), lambda j, i, n: (0, j)),
           None if bias is None else pl.BlockSpec((block_c,), lambda j, i, n: (j,)),
@@ -377,7 +396,7 @@ def depthwise_forward(xs, w, bias, residual, *, taps, m, activation,
       compiler_params=_compiler_params(block_sizes),
       interpret=interpret,
       name="conv_depthwise_forward",
-  )(xs, w, bias, residual)
+  )(jnp.asarray(taps, jnp.int32), xs, w, bias, residual)
   outs = tuple(out[:, :m, :c] for out in outs)
   return outs if save_preactivation else outs[0]
 
@@ -391,13 +410,13 @@ def depthwise_weight_grad(xs, dz, *, taps, block_sizes=None, interpret=False):
     dz: `[N, m, C]`, `xs.dtype`: the cotangent of the pre-activation.
     taps: static tuple of `T` `(phase, shift)` int pairs.
     block_sizes: tiles (block_m rows per reduction step, block_n channels) and Triton
-      options; None for `BlockSizes.default("gpu")`.
+      options; None for `BlockSizes.default("gpu", xs.dtype)`.
     interpret: run the kernel in the Pallas interpreter (any backend).
 
   Returns:
     float32 `[T, C]`.
   """
-  block_sizes = block_sizes or BlockSizes.default("gpu")
+  block_sizes = block_sizes or BlockSizes.default("gpu", xs.dtype)
   _, batch, _, c = xs.shape
   m = dz.shape[1]
   num_taps = len(taps)

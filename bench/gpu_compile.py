@@ -291,10 +291,11 @@ def check_against_device(record: dict, *, budget_seconds: float = 60.0) -> dict:
     fn, args, names = build(case)
     programs, _ = _sm90.inspect_compiled(fn, args, device, names, ptxas=ptxas)
     table = {p["name"]: p for p in by_key[case.key]["programs"]}
-    for program in programs:
-      expected = table.get(program["name"], {})
-      compared.append({"key": case.key, "kernel": program["name"],
+    found = {p["name"]: p for p in programs}
+    for name in sorted(table.keys() | found.keys()):  # a kernel missing on either side differs
+      expected, got = table.get(name, {}), found.get(name, {})
+      compared.append({"key": case.key, "kernel": name,
                        "table": {f: expected.get(f) for f in fields},
-                       "device": {f: program[f] for f in fields}})
+                       "device": {f: got.get(f) for f in fields}})
   mismatches = sum(c["table"] != c["device"] for c in compared)
   return {"compared": compared, "mismatches": mismatches, "device": str(device)}

@@ -127,7 +127,7 @@ def _lower(attention_fn, platform, cases):
       lowering_platforms=(platform,)).as_text()
 
 
-def test_lowers_for_cuda(attention_cases, x64):
+def test_lowers_for_cuda(attention_cases, as_if_on_gpu, x64):
   from kernels.attention.gpu import attention_gpu
   assert _lower(attention_gpu, "cuda", attention_cases).count("__gpu$xla.gpu.triton") == 3
 

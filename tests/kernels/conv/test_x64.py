@@ -140,7 +140,7 @@ def _lower(module, platform, dense, depthwise):
       lowering_platforms=(platform,)).as_text()
 
 
-def test_lowers_for_cuda(conv_cases, x64):
+def test_lowers_for_cuda(conv_cases, as_if_on_gpu, x64):
   dense = conv_cases.make_canonical(10, phases=4, groups=2, batch=4, m=600, ci=40, co=70)
   depthwise = conv_cases.make_canonical(10, phases=4, batch=4, m=600, ci=40, depthwise=True)
   assert _lower(gpu, "cuda", dense, depthwise).count("__gpu$xla.gpu.triton") == 4

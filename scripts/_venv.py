@@ -1,50 +1,132 @@
-"""Creates or reuses the project's virtual environment (`.venv/` at the repository root).
+"""Creates or reuses the project's virtual environments.
 
 Used by `scripts/train.py` and `scripts/test.py`; needs only Python >= 3.11 and pip. The
-environment is (re)installed when `pyproject.toml` changes: a hash of it is kept in
-`.venv/.dlopt-installed`.
+default venv, `.venv/` at the repository root, is made by the Python that runs the script.
+`ensure_venv(python="3.12")` makes `.venv-312/` with that Python instead (found on PATH or
+under pyenv), and `newest_jax=True` installs the newest jax and jaxlib that pip reaches
+within pyproject.toml's pins. A venv is (re)installed when `pyproject.toml` or what goes into
+it changes: a hash of those is kept in its `.dlopt-installed`.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
-STAMP = VENV / ".dlopt-installed"
-
-
-def _python() -> Path:
-  return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-
+STAMP_NAME = ".dlopt-installed"
 
 # One set of extras for every script, so that train.py and test.py share the venv without
 # reinstalling it for each other: the test tools and the benchmark peers (torch, keras).
 EXTRAS = "test,bench"
+# Another Python's venv takes only the test tools: the peers' wheels (torch) lie on this
+# machine for the default Python only, and their tests skip without them.
+OTHER_PYTHON_EXTRAS = "test"
 
 
-def ensure_venv(extras: str = EXTRAS) -> Path:
-  """Returns the venv's python, creating the venv and installing the project if needed."""
+def venv_dir(python: str | None = None) -> Path:
+  """`.venv/` for the Python running this script, `.venv-312/` for `python="3.12"`."""
+  return VENV if python is None else ROOT / f".venv-{python.replace('.', '')}"
+
+
+def _venv_python(directory: Path) -> Path:
+  return directory / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def _reports_version(executable: str, version: str) -> bool:
+  """Whether `executable` runs and is Python `version` (a pyenv shim may not run)."""
+  try:
+    found = subprocess.run(
+        [executable, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True, text=True, timeout=60)
+  except (OSError, subprocess.TimeoutExpired):
+    return False
+  return found.returncode == 0 and found.stdout.strip() == version
+
+
+def find_python(version: str) -> str | None:
+  """The path of a working Python `version` ("3.12"): on PATH, else under pyenv; or None."""
+  pyenv_root = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
+  candidates = [shutil.which(f"python{version}")]
+  candidates += sorted(glob.glob(f"{pyenv_root}/versions/{version}.*/bin/python{version}"),
+                       reverse=True)
+  for candidate in candidates:
+    if candidate and _reports_version(candidate, version):
+      return candidate
+  return None
+
+
+def _jax_requirements() -> list[str]:
+  """pyproject.toml's requirements on jax and jaxlib, e.g. "jax[cpu]>=0.10,<0.13"."""
+  with open(ROOT / "pyproject.toml", "rb") as f:
+    dependencies = tomllib.load(f)["project"]["dependencies"]
+  return [d for d in dependencies if re.match(r"[\w.-]+", d).group() in ("jax", "jaxlib")]
+
+
+def _create(directory: Path, python: str | None) -> None:
+  """Creates the venv `directory` with this Python, or with Python `python` ("3.12")."""
+  if python is None:
+    venv.EnvBuilder(with_pip=True).create(directory)
+    return
+  executable = find_python(python)
+  if executable is None:
+    sys.exit(f"no working python{python} on this machine (PATH or pyenv)")
+  subprocess.run([executable, "-m", "venv", str(directory)], check=True)
+
+
+def ensure_venv(extras: str | None = None, *, python: str | None = None,
+                newest_jax: bool = False) -> Path:
+  """Returns a venv's python, creating the venv and installing the project if needed.
+
+  Args:
+    extras: the project's extras to install; by default `EXTRAS`, or `OTHER_PYTHON_EXTRAS`
+      where `python` is given.
+    python: a Python version ("3.12") to make the venv with, in `.venv-312/`; by default
+      the Python running this script, in `.venv/`.
+    newest_jax: install the newest jax and jaxlib within pyproject.toml's pins, at the time
+      the venv is (re)installed; remove the venv to take a newer one.
+
+  Returns:
+    The path of the venv's python.
+  """
   if sys.version_info < (3, 11):
     sys.exit(f"dlopt needs Python >= 3.11; this is {sys.version.split()[0]}")
-  if not _python().exists():
-    print(f"[dlopt] creating virtual environment in {VENV}", flush=True)
-    venv.EnvBuilder(with_pip=True).create(VENV)
-  want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
-  if not STAMP.exists() or STAMP.read_text().strip() != want:
-    print("[dlopt] installing dlopt and its dependencies into .venv (first run only)", flush=True)
-    pip = [str(_python()), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    subprocess.run(pip + ["-e", f"{ROOT}[{extras}]"], check=True)
-    STAMP.write_text(want)
-  return _python()
+  if extras is None:
+    extras = EXTRAS if python is None else OTHER_PYTHON_EXTRAS
+  directory = venv_dir(python)
+  venv_python = _venv_python(directory)
+  if not venv_python.exists():
+    print(f"[dlopt] creating virtual environment in {directory}", flush=True)
+    _create(directory, python)
+  jax = _jax_requirements() if newest_jax else []
+  stamp = directory / STAMP_NAME
+  want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()
+                        + " ".join(jax).encode()).hexdigest()
+  if not stamp.exists() or stamp.read_text().strip() != want:
+    print(f"[dlopt] installing dlopt and its dependencies into {directory.name} "
+          "(first run only)", flush=True)
+    pip = [str(venv_python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    upgrade = ["--upgrade", *jax] if jax else []
+    subprocess.run(pip + ["-e", f"{ROOT}[{extras}]", *upgrade], check=True)
+    stamp.write_text(want)
+  return venv_python
 
 
-def run_in_venv(args: list[str]) -> int:
-  """Runs `python args...` inside the venv from the repository root; returns its exit code."""
-  python = ensure_venv()
+def run_in_venv(args: list[str], **venv_options) -> int:
+  """Runs `python args...` inside a venv from the repository root; returns its exit code.
+
+  Args:
+    args: the arguments after `python`.
+    **venv_options: `python=` and `newest_jax=` of `ensure_venv`.
+  """
+  python = ensure_venv(**venv_options)
   return subprocess.call([str(python), *args], cwd=ROOT)

@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+import numbers
 from typing import Any
 
 import jax
@@ -41,6 +42,7 @@ from dlopt._checks import label_kind
 __all__ = [
     "cross_entropy",
     "distillation_loss",
+    "distillation_objective_loss",
     "l1_penalty",
     "l2_penalty",
     "mse",
@@ -338,6 +340,56 @@ def distillation_loss(
       student_logits, teacher_logits, temperature=temperature
   )
   return weighted_mean(per_example, weights)
+
+
+def _check_alpha(alpha: float) -> float:
+  if (not isinstance(alpha, numbers.Real) or isinstance(alpha, bool)
+      or not 0.0 <= float(alpha) <= 1.0):
+    raise ValueError(f"alpha must be a Python float in [0, 1], got alpha={alpha!r}.")
+  return float(alpha)
+
+
+def distillation_objective_loss(
+    student_logits: jax.Array,
+    labels: jax.Array,
+    teacher_logits: jax.Array,
+    *,
+    temperature: float,
+    alpha: float,
+    weights: jax.Array | None = None,
+) -> jax.Array:
+  """Soft-target distillation loss mixed with the hard-label cross-entropy.
+
+  Per example, ``alpha * T**2 * KL(softmax(teacher / T) || softmax(student /
+  T)) + (1 - alpha) * CE(student, labels)``, averaged over examples (optionally
+  weighted). The first term is `dlopt.per_example_distillation_loss`,
+  the second `per_example_cross_entropy`; no gradient flows into
+  ``teacher_logits`` (`jax.lax.stop_gradient`). Equal to the data loss of
+  ``dlopt.train.Objective(loss="distillation", temperature=T, alpha=alpha)``.
+
+  Args:
+    student_logits: float ``[batch, classes]``.
+    labels: integer ``[batch]`` class ids, or ``[batch, classes]`` one-hot
+      vectors or probabilities.
+    teacher_logits: float ``[batch, classes]``, e.g. from `dlopt.compress.teacher_logits`.
+    temperature: static float T > 0 softening both distributions.
+    alpha: static float in ``[0, 1]``, the weight of the distillation term (the
+      cross-entropy gets ``1 - alpha``).
+    weights: optional ``[batch]`` 0/1 mask or per-example weights.
+
+  Returns:
+    A float32 scalar.
+
+  Raises:
+    ValueError: if the shapes disagree, ``temperature`` is not > 0 or
+      ``alpha`` is not in ``[0, 1]``.
+  """
+  alpha = _check_alpha(alpha)
+  soft = per_example_distillation_loss(
+      student_logits, jax.lax.stop_gradient(jnp.asarray(teacher_logits)),
+      temperature=temperature)  # [batch]
+  hard = per_example_cross_entropy(student_logits, labels)  # [batch]
+  return weighted_mean(alpha * soft + (1.0 - alpha) * hard, weights)
 
 
 def _masked(params: PyTree, mask: Mask | None) -> PyTree:

@@ -10,8 +10,8 @@ a Neural Network")::
 
 The KL term is `dlopt.losses.per_example_distillation_loss` and the hard term
 `dlopt.losses.per_example_cross_entropy`; this is the loss that
-``dlopt.train.FitConfig(loss="distillation", distill_temperature=T,
-distill_alpha=alpha)`` minimizes, so the two agree.
+``dlopt.train.Objective("distillation", temperature=T, alpha=alpha)`` minimizes
+(the function lives in `dlopt.losses`; it is re-exported here).
 
 Example:
 
@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlopt import losses
+from dlopt.losses import distillation_objective_loss  # re-exported: it lives in losses
 
 __all__ = ["distillation_objective_loss", "teacher_logits"]
 
@@ -104,53 +105,3 @@ def teacher_logits(apply_fn: Callable[..., jax.Array], variables: PyTree,
           f"{logits.shape} for a batch of {size}.")
     outputs.append(np.asarray(logits[:count]))
   return np.concatenate(outputs)
-
-
-def _check_alpha(alpha: float) -> float:
-  if (not isinstance(alpha, numbers.Real) or isinstance(alpha, bool)
-      or not 0.0 <= float(alpha) <= 1.0):
-    raise ValueError(f"alpha must be a Python float in [0, 1], got alpha={alpha!r}.")
-  return float(alpha)
-
-
-def distillation_objective_loss(
-    student_logits: jax.Array,
-    labels: jax.Array,
-    teacher_logits: jax.Array,
-    *,
-    temperature: float,
-    alpha: float,
-    weights: jax.Array | None = None,
-) -> jax.Array:
-  """Soft-target distillation loss mixed with the hard-label cross-entropy.
-
-  Per example, ``alpha * T**2 * KL(softmax(teacher / T) || softmax(student /
-  T)) + (1 - alpha) * CE(student, labels)``, averaged over examples (optionally
-  weighted). The first term is `dlopt.losses.per_example_distillation_loss`,
-  the second `dlopt.losses.per_example_cross_entropy`; no gradient flows into
-  ``teacher_logits`` (`jax.lax.stop_gradient`). Equal to the data loss of
-  ``dlopt.train.Objective(loss="distillation", temperature=T, alpha=alpha)``.
-
-  Args:
-    student_logits: float ``[batch, classes]``.
-    labels: integer ``[batch]`` class ids, or ``[batch, classes]`` one-hot
-      vectors or probabilities.
-    teacher_logits: float ``[batch, classes]``, e.g. from `teacher_logits`.
-    temperature: static float T > 0 softening both distributions.
-    alpha: static float in ``[0, 1]``, the weight of the distillation term (the
-      cross-entropy gets ``1 - alpha``).
-    weights: optional ``[batch]`` 0/1 mask or per-example weights.
-
-  Returns:
-    A float32 scalar.
-
-  Raises:
-    ValueError: if the shapes disagree, ``temperature`` is not > 0 or
-      ``alpha`` is not in ``[0, 1]``.
-  """
-  alpha = _check_alpha(alpha)
-  soft = losses.per_example_distillation_loss(
-      student_logits, jax.lax.stop_gradient(jnp.asarray(teacher_logits)),
-      temperature=temperature)  # [batch]
-  hard = losses.per_example_cross_entropy(student_logits, labels)  # [batch]
-  return losses.weighted_mean(alpha * soft + (1.0 - alpha) * hard, weights)

@@ -1,4 +1,8 @@
-"""What a run minimizes: the data loss plus optional L1/L2 penalties on the parameters."""
+"""What a run minimizes: the data loss plus optional L1/L2 penalties on the parameters.
+
+`fit(model, data, objective=Objective("mse"))`; the objective is the optimizer's peer,
+not a part of `FitConfig`.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ import jax
 import jax.numpy as jnp
 
 from dlopt import losses, metrics
-from dlopt.compress import distillation_objective_loss
 
 __all__ = ["Objective", "LOSSES"]
 
@@ -76,7 +79,7 @@ class Objective:
     weights = _per_position(weights, outputs.shape[:-1])
     if self.loss == "distillation":
       labels, teacher_logits = targets
-      return distillation_objective_loss(outputs, labels, teacher_logits,
+      return losses.distillation_objective_loss(outputs, labels, teacher_logits,
                                          temperature=self.temperature, alpha=self.alpha,
                                          weights=weights)
     return losses.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing,

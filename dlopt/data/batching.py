@@ -1,5 +1,8 @@
 """Deterministic shuffling and batching of host arrays, resumable mid-epoch.
 
+The arrays are any pytree whose leaves share their first axis: `(x, y)`, or
+`((features, lengths), (labels, teacher_logits))`; every batch has that structure.
+
 The order of epoch `e` is a pure function of `(seed, e)`, so a training loop can
 resume exactly from `(epoch, step)` with `BatchIterator.epoch(e, start_step)`.
 For a plain endless iterator, iterate the object itself and save `state()`.
@@ -28,18 +31,22 @@ from collections.abc import Iterator, Mapping
 import operator
 from typing import Any
 
+import jax
 import numpy as np
 
 __all__ = ["BatchIterator"]
 
-Batch = tuple[np.ndarray, ...]
+Batch = Any  # the arrays' pytree structure, each leaf [batch_size, ...]
 
 
 class BatchIterator:
-  """Yields shuffled minibatches of a tuple of arrays that share their length.
+  """Yields shuffled minibatches of a pytree of arrays that share their length.
+
+  It is a batch source for `dlopt.train.fit` as it is (`len()`, `batch_size`, `sample()`,
+  `examples()`, `epoch(e, start_step, rows)`).
 
   Attributes:
-    arrays: the arrays, each `[n, ...]`, as numpy arrays.
+    arrays: the arrays, each `[n, ...]`, as numpy arrays, in the pytree they came in.
     batch_size: examples per batch.
     seed: seed of the per-epoch permutations.
     shuffle: whether epochs are shuffled (`False` keeps the input order).
@@ -48,7 +55,7 @@ class BatchIterator:
 
   def __init__(
       self,
-      arrays: tuple[np.ndarray, ...],
+      arrays: Any,
       batch_size: int,
       *,
       seed: int = 0,
@@ -58,7 +65,8 @@ class BatchIterator:
     """Checks the arguments; nothing is copied.
 
     Args:
-      arrays: one or more arrays `[n, ...]` with the same first-axis length n.
+      arrays: a pytree (e.g. a tuple) of one or more arrays `[n, ...]` with the same
+        first-axis length n.
       batch_size: examples per batch, >= 1; with `drop_last`, at most n.
       seed: non-negative seed; epoch `e` uses
         `np.random.default_rng([seed, e]).permutation(n)`.
@@ -69,19 +77,21 @@ class BatchIterator:
       ValueError: no arrays, arrays of different lengths, no examples, a
         `batch_size` below 1 or (with `drop_last`) above n, or a negative seed.
     """
-    arrays = tuple(np.asarray(a) for a in arrays)
-    if not arrays:
-      raise ValueError("arrays must hold at least one array; got ().")
-    for i, a in enumerate(arrays):
-      if a.ndim == 0 or a.shape[0] != arrays[0].shape[0]:
+    arrays = jax.tree.map(np.asarray, arrays)
+    paths = jax.tree_util.tree_leaves_with_path(arrays)
+    if not paths:
+      raise ValueError(f"arrays must hold at least one array; got {arrays!r}.")
+    first_path, first = paths[0]
+    for path, a in paths:
+      if a.ndim == 0 or a.shape[0] != first.shape[0]:
         raise ValueError(
             "All arrays must have the same number of examples (first axis);"
-            f" got arrays[0].shape={arrays[0].shape} and"
-            f" arrays[{i}].shape={a.shape}."
+            f" got arrays{jax.tree_util.keystr(first_path)}.shape={first.shape} and"
+            f" arrays{jax.tree_util.keystr(path)}.shape={a.shape}."
         )
-    n = arrays[0].shape[0]
+    n = first.shape[0]
     if n == 0:
-      raise ValueError(f"arrays hold no examples; got {arrays[0].shape=}.")
+      raise ValueError(f"arrays hold no examples; got shape {first.shape}.")
     batch_size = operator.index(batch_size)
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
@@ -149,7 +159,15 @@ class BatchIterator:
     indices = order[step * self.batch_size : (step + 1) * self.batch_size]
     if rows is not None:
       indices = indices[rows]
-    return tuple(a[indices] for a in self.arrays)
+    return jax.tree.map(lambda a: a[indices], self.arrays)
+
+  def sample(self) -> Batch:
+    """A batch of the first example alone (shapes and dtypes of every batch, size 1)."""
+    return jax.tree.map(lambda a: a[:1], self.arrays)
+
+  def examples(self) -> Any:
+    """Every example: `arrays` itself (a batch source that holds its data in memory)."""
+    return self.arrays
 
   def epoch(self, epoch: int, start_step: int = 0,
             rows: slice | None = None) -> Iterator[Batch]:
@@ -163,7 +181,7 @@ class BatchIterator:
         batch; only they are gathered from the arrays); None for all.
 
     Returns:
-      An iterator over tuples of numpy arrays, one per input array, each
+      An iterator over batches shaped as `arrays`, each leaf a numpy array
       `[batch_size, ...]` (the last one shorter without `drop_last`).
     """
     order = self.permutation(epoch)

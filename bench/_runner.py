@@ -80,6 +80,11 @@ COMMANDS = {
                                 "Keras, PyTorch, Flax and dlopt: seconds to 99% on MNIST",
                                 (1, 1), (), "runs of every peer, one after the other",
                                 packages=("torch", "keras")),
+    "checkpoint-save": Command("bench.checkpoint_save",
+                               "step time and memory around a checkpoint save: the state "
+                               "copied on device first (before), not at all, and now",
+                               (3, 1), (),
+                               "rounds; each runs every variant once, in a fresh process"),
     "tables": Command("bench.tables", "regenerate README's benchmark tables from the JSON",
                       common=False),
 }

@@ -9,8 +9,8 @@ Each table sits between two marker comments in README.md,
 rewritten, so the rest of README stays as written, and running it twice changes nothing
 the second time. Blocks: `results` (default trainer, fit vs a hand loop), `peers`
 (throughput and time to accuracy of Keras, PyTorch, Flax and dlopt), `attention` and
-`conv` (the CPU kernel benchmarks). A result that is missing gives a line saying which
-command writes it.
+`conv` (the CPU kernel benchmarks), `checkpoint-save` (step time and memory around a
+checkpoint save). A result that is missing gives a line saying which command writes it.
 """
 
 from __future__ import annotations
@@ -385,5 +385,44 @@ def gpu_compile_block(results: Path) -> str:
   return text + _provenance(after, unit="run of the grid")
 
 
+def checkpoint_save_block(results: Path) -> str:
+  """Step time and memory around a checkpoint save: each way of copying the state, or not."""
+  record = _load(results, "checkpoint_save")
+  if record is None:
+    return _missing("checkpoint_save", "python -m bench checkpoint-save")
+  rows = ["| save | save call, ms | first step after, ms | save cost, ms | steady step, ms | "
+          "steps donating while orbax writes | RSS rise in a save, MiB | peak RSS, MiB |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  names = {"device_copy": "every array copied on device (`Checkpointer.save` before)",
+           "no_copy": "no copy (orbax's host copy only)",
+           "checkpointer": "`Checkpointer.save` now (a copy where orbax's would be a view)"}
+
+  def cell(value: dict, scale: float) -> str:
+    value = {**value, **{k: value[k] * scale for k in ("min", "median", "max")}}
+    spread = _range(value, ".0f")
+    return f"{value['median']:.0f}{f' ({spread})' if spread else ''}"
+
+  for name, entry in record["variants"].items():
+    rows.append(
+        f"| {names.get(name, name)} | {cell(entry['save_call_s'], 1e3)} | "
+        f"{cell(entry['first_step_after_save_s'], 1e3)} | {entry['save_cost_s'] * 1e3:.0f} | "
+        f"{cell(entry['steady_step_s'], 1e3)} | {entry['donated_during_write']} | "
+        f"{cell(entry['rss_rise_during_save_mib'], 1)} | {cell(entry['peak_rss_mib'], 1)} |")
+  config = record["config"]
+  orbax = record["versions"].get("orbax-checkpoint")
+  return "\n".join(rows) + (
+      f"\n\n{record['model']}: {record['state_mib']:.0f} MiB of parameters and Adam moments, "
+      f"batch {config['batch_size']}, the train step jitted with the state donated. Each way "
+      f"runs in a fresh process per round: {config['steady_steps']} steady steps, then "
+      f"{_plural(config['saves'], 'save')}, each followed by {config['steps_after_save']} "
+      "steps while orbax writes and as many after; medians (min-max). Save cost: the save "
+      "call plus what the steps during the write took over a steady step, per save. Steps "
+      "donating: those of the steps while orbax writes that could donate the state's "
+      "buffers (on CPU, XLA copies a buffer that orbax still views instead of donating it). "
+      "RSS: the resident set's highest value during a save less its value before, and the "
+      "process's peak. " + _provenance(record, f", with orbax-checkpoint {orbax}", unit="round"))
+
+
 BLOCKS = {"results": results_block, "peers": peers_block, "attention": attention_block,
-          "conv": conv_block, "cpu-speed": cpu_speed_block, "gpu-compile": gpu_compile_block}
+          "conv": conv_block, "cpu-speed": cpu_speed_block, "gpu-compile": gpu_compile_block,
+          "checkpoint-save": checkpoint_save_block}

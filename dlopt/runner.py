@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ import jax
 
 from dlopt.cli import ConfigParser
 from dlopt.models import count_params
-from dlopt.train import FitResult, fit
+from dlopt.train import FitResult, Interrupted, fit
 
 __all__ = ["add_run_flags", "unless_given", "run_directory", "run_fit", "write_summary",
            "fit_summary"]
@@ -57,15 +58,17 @@ def run_directory(parser: ConfigParser, name: str, extras) -> Path:
 
 def run_fit(parser: ConfigParser, model, data, *, workdir: Path, resume: bool = False,
             **fit_kwargs) -> tuple[FitResult, float]:
-  """`dlopt.train.fit` as a script runs it: bad configs exit with one clear line (code 2),
-  Ctrl-C exits with code 130 and says how to resume. Returns `(result, seconds)`."""
+  """`dlopt.train.fit` as a script runs it: bad configs exit with one clear line (code 2);
+  Ctrl-C or SIGTERM saves, says how to resume and exits with 128 + the signal's number
+  (130, 143). Returns `(result, seconds)`."""
   started = time.perf_counter()
   try:
     result = fit(model, data, workdir=workdir, resume=resume, **fit_kwargs)
-  except KeyboardInterrupt:
-    print(f"\ninterrupted; continue with: python {sys.argv[0]} --workdir {workdir} --resume",
-          file=sys.stderr)
-    raise SystemExit(130) from None
+  except KeyboardInterrupt as interrupt:
+    signum = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
+    print(f"\ninterrupted ({interrupt}); continue with: python {sys.argv[0]} --workdir "
+          f"{workdir} --resume", file=sys.stderr)
+    raise SystemExit(128 + signum) from None
   except ValueError as error:
     parser.error(str(error))
   return result, time.perf_counter() - started

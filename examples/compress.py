@@ -24,14 +24,15 @@ import sys
 import time
 
 import numpy as np
+import optax
 
 from dlopt import compress
 from dlopt.cli import ConfigParser
 from dlopt.data import load_mnist, load_mnist_subset, train_val_test_split
 from dlopt.models import CNN, count_params
-from dlopt.optim import OptimizerConfig
+from dlopt.optim import OptimizerConfig, make_optimizer
 from dlopt.runner import add_run_flags, run_directory, run_fit
-from dlopt.train import FitConfig
+from dlopt.train import FitConfig, Objective
 
 TEACHER = CNN(num_classes=10, features=(32, 64), dense_width=128, dropout_rate=0.25)
 STUDENT = CNN(num_classes=10, features=(8, 16), dense_width=32, dropout_rate=0.0)
@@ -45,8 +46,7 @@ FIT = FitConfig(epochs=3, batch_size=64, seed=0, val_fraction=0.1, test_fraction
 
 def main(argv=None) -> int:
   parser = ConfigParser(__doc__.split("\n")[0])
-  parser.add_config("fit", FIT, skip=("loss", "distill_temperature", "distill_alpha",
-                                      "test_fraction"))
+  parser.add_config("fit", FIT, skip=("test_fraction",))
   parser.add_argument("--dataset", choices=("mnist", "mnist5k"), default="mnist")
   parser.add_argument("--sparsity", type=float, default=0.9, help="share of weights pruned")
   parser.add_argument("--fine-tune-epochs", type=int, default=1)
@@ -82,12 +82,14 @@ def main(argv=None) -> int:
                compress.param_bytes(teacher.state.params), seconds)]
 
   masks = compress.magnitude_masks(teacher.state.params, extras.sparsity)
-  pruned, seconds = train("pruned", TEACHER, optimizer=fine_tune,
-                 config=dataclasses.replace(config,
-                                            epochs=1 if tiny else extras.fine_tune_epochs),
+  fine_tune_config = dataclasses.replace(config, epochs=1 if tiny else extras.fine_tune_epochs)
+  fine_tune_steps = fine_tune_config.epochs * (len(data["data"][1]) // config.batch_size)
+  # The fine-tuning optimizer, chained with keep_masked so that pruned weights stay 0.
+  keep_pruned = optax.chain(make_optimizer(fine_tune, total_steps=fine_tune_steps),
+                            compress.keep_masked(masks))
+  pruned, seconds = train("pruned", TEACHER, optimizer=keep_pruned, config=fine_tune_config,
                  init_variables={**teacher_variables,
-                                 "params": compress.apply_masks(teacher.state.params, masks)},
-                 post_transform=compress.keep_masked(masks))
+                                 "params": compress.apply_masks(teacher.state.params, masks)})
   report = compress.sparsity_report(pruned.state.params, masks)
   rows.append(_row(f"pruned {report['overall']:.0%} + fine-tune", pruned.test_metrics["accuracy"],
                    pruned.state.params, compress.sparse_bytes(pruned.state.params, masks),
@@ -102,15 +104,13 @@ def main(argv=None) -> int:
 
   alone, alone_seconds = train("student_alone", STUDENT)
   soft = compress.teacher_logits(TEACHER.apply, teacher_variables, data["data"][0])
-  distill_config = dataclasses.replace(config, loss="distillation",
-                                       distill_temperature=extras.temperature,
-                                       distill_alpha=extras.alpha)
+  distillation = Objective("distillation", temperature=extras.temperature, alpha=extras.alpha)
   val_soft = compress.teacher_logits(TEACHER.apply, teacher_variables, data["val_data"][0])
   test_soft = compress.teacher_logits(TEACHER.apply, teacher_variables, data["test_data"][0])
   distilled, distilled_seconds = run_fit(parser, STUDENT, (data["data"][0], (data["data"][1], soft)),
                          val_data=(data["val_data"][0], (data["val_data"][1], val_soft)),
                          test_data=(data["test_data"][0], (data["test_data"][1], test_soft)),
-                         optimizer=optimizer, config=distill_config,
+                         optimizer=optimizer, objective=distillation, config=config,
                          workdir=workdir / "student_distilled")
   for name, result, seconds in (("student alone", alone, alone_seconds),
                                 ("student distilled", distilled, distilled_seconds)):

@@ -23,16 +23,17 @@ from dlopt.data import load_diabetes, train_val_test_split
 from dlopt.models import LinearRegression
 from dlopt.optim import OptimizerConfig
 from dlopt.runner import add_run_flags, run_directory, run_fit, unless_given
-from dlopt.train import FitConfig
+from dlopt.train import FitConfig, Objective
 
 FIT = FitConfig(epochs=150, batch_size=32, seed=0, val_fraction=0.1, test_fraction=0.2,
-                loss="mse", checkpoint_every=None)
+                checkpoint_every=None)
+OBJECTIVE = Objective("mse")
 TINY_FIT = {"epochs": 3}
 
 
 def main(argv=None) -> int:
   parser = ConfigParser(__doc__.split("\n")[0])
-  parser.add_config("fit", FIT, skip=("loss",))
+  parser.add_config("fit", FIT)
   parser.add_argument("--sgd-lr", type=float, default=0.02, help="plain gradient descent step")
   parser.add_argument("--adam-lr", type=float, default=0.01, help="Adam's learning rate")
   add_run_flags(parser, "linear_regression", tiny_help="three epochs")
@@ -60,7 +61,8 @@ def main(argv=None) -> int:
   for name, optimizer in (("sgd", OptimizerConfig("sgd", args.extras.sgd_lr)),
                           ("adam", OptimizerConfig("adam", args.extras.adam_lr))):
     result, seconds = run_fit(parser, LinearRegression(features=1), parts[0], val_data=parts[1],
-                              test_data=parts[2], optimizer=optimizer, config=config,
+                              test_data=parts[2], optimizer=optimizer, objective=OBJECTIVE,
+                              config=config,
                               workdir=workdir / name, resume=args.extras.resume)
     results[name] = {"test_mse": result.test_metrics["loss"] * y_std ** 2,
                      "seconds": round(seconds, 1), "history": result.history}

@@ -17,7 +17,7 @@ from dlopt.models import MLP
 from dlopt.optim import OptimizerConfig
 from dlopt.runner import add_run_flags, fit_summary, run_directory, run_fit, unless_given, \
     write_summary
-from dlopt.train import FitConfig
+from dlopt.train import FitConfig, Objective
 
 MODEL = MLP(widths=(64, 64), num_outputs=10, dropout_rate=0.1)
 OPTIMIZER = OptimizerConfig(name="adamw", learning_rate=3e-3, schedule="warmup_cosine",
@@ -32,6 +32,7 @@ def main(argv=None) -> int:
   parser.add_config("model", MODEL, skip=("num_outputs",))
   parser.add_config("optimizer", OPTIMIZER, aliases={"name": "optimizer", "learning_rate": "lr"})
   parser.add_config("fit", FIT)
+  parser.add_config("objective", Objective(), skip=("loss", "temperature", "alpha"))
   add_run_flags(parser, "mlp_digits", tiny_help="two epochs")
   args = parser.parse(argv)
   model, optimizer, config = (args.configs[k] for k in ("model", "optimizer", "fit"))
@@ -44,7 +45,8 @@ def main(argv=None) -> int:
   # transform (the same one at test time), so no split leaks into another.
   x = normalize(x, fit_normalization(x))
   print(f"run directory: {workdir}")
-  result, seconds = run_fit(parser, model, (x, y), optimizer=optimizer, config=config,
+  result, seconds = run_fit(parser, model, (x, y), optimizer=optimizer,
+                            objective=args.configs["objective"], config=config,
                             workdir=workdir, resume=args.extras.resume)
   summary = fit_summary(result, seconds)
   write_summary(workdir, summary)

@@ -27,7 +27,7 @@ from dlopt.models import CNN
 from dlopt.optim import OptimizerConfig
 from dlopt.runner import add_run_flags, fit_summary, run_directory, run_fit, unless_given, \
     write_summary
-from dlopt.train import FitConfig
+from dlopt.train import FitConfig, Objective
 
 MODEL = CNN(num_classes=10, features=(32, 64), dense_width=128, dropout_rate=0.25)
 OPTIMIZER = OptimizerConfig(name="adamw", learning_rate=2e-3, schedule="warmup_cosine",
@@ -48,6 +48,7 @@ def main(argv=None) -> int:
   parser.add_config("model", MODEL, skip=("num_classes",))
   parser.add_config("optimizer", OPTIMIZER, aliases={"name": "optimizer", "learning_rate": "lr"})
   parser.add_config("fit", FIT)
+  parser.add_config("objective", Objective(), skip=("loss", "temperature", "alpha"))
   parser.add_config("augment", AUGMENT)
   parser.add_argument("--dataset", choices=DATASETS, default="mnist5k",
                       help="mnist5k (bundled), mnist or fashion_mnist (fetched)")
@@ -68,7 +69,8 @@ def main(argv=None) -> int:
     augment_fn = functools.partial(augment, config=args.configs["augment"])
 
   print(f"run directory: {workdir}")
-  result, seconds = run_fit(parser, model, **data, optimizer=optimizer, config=config,
+  result, seconds = run_fit(parser, model, **data, optimizer=optimizer,
+                            objective=args.configs["objective"], config=config,
                             workdir=workdir, resume=extras.resume, augment=augment_fn)
   summary = fit_summary(result, seconds)
   summary.update(dataset=extras.dataset, augment=extras.augment)

@@ -21,7 +21,7 @@ from dlopt.models import ResidualCNN
 from dlopt.optim import OptimizerConfig
 from dlopt.runner import add_run_flags, fit_summary, run_directory, run_fit, unless_given, \
     write_summary
-from dlopt.train import FitConfig
+from dlopt.train import FitConfig, Objective
 
 MODEL = ResidualCNN(num_classes=10, stem_features=24, stage_features=(24, 48, 96),
                     blocks_per_stage=(1, 1, 1), norm="batch", dropout_rate=0.1)
@@ -40,6 +40,7 @@ def main(argv=None) -> int:
   parser.add_config("model", MODEL, skip=("num_classes", "norm_axis_name"))  # set by fit
   parser.add_config("optimizer", OPTIMIZER, aliases={"name": "optimizer", "learning_rate": "lr"})
   parser.add_config("fit", FIT, skip=("test_fraction",))
+  parser.add_config("objective", Objective(), skip=("loss", "temperature", "alpha"))
   parser.add_config("augment", AUGMENT)
   add_run_flags(parser, "resnet_fashion", tiny_help=f"{TINY_EXAMPLES} images, one epoch")
   args = parser.parse(argv)
@@ -61,7 +62,8 @@ def main(argv=None) -> int:
 
   print(f"run directory: {workdir}")
   result, seconds = run_fit(parser, model, tuple(train), val_data=tuple(val),
-                            test_data=(x_test, y_test), optimizer=optimizer, config=config,
+                            test_data=(x_test, y_test), optimizer=optimizer,
+                            objective=args.configs["objective"], config=config,
                             workdir=workdir, resume=extras.resume,
                             augment=functools.partial(augment, config=args.configs["augment"]))
   summary = fit_summary(result, seconds)

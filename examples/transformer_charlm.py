@@ -136,7 +136,7 @@ def main(argv=None) -> int:
   parser = ConfigParser(__doc__.split("\n")[0])
   parser.add_config("model", MODEL, skip=("vocab_size", "max_len"))
   parser.add_config("optimizer", OPTIMIZER, aliases={"name": "optimizer", "learning_rate": "lr"})
-  parser.add_config("fit", FIT, skip=("loss", "val_fraction", "test_fraction"))
+  parser.add_config("fit", FIT, skip=("val_fraction", "test_fraction"))
   parser.add_argument("--context", type=int, default=CONTEXT, help="characters per window")
   parser.add_argument("--stride", type=int, default=None,
                       help="characters between the starts of training windows; default "

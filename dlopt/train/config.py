@@ -1,10 +1,12 @@
-"""`FitConfig`: every knob of the `fit` loop, validated on construction."""
+"""`FitConfig`: every knob of the `fit` loop, validated on construction.
+
+What is minimized is `dlopt.train.Objective` and how, the optimizer (`OptimizerConfig` or
+any optax transformation): both are `fit`'s arguments beside the config.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-
-from dlopt.train.objective import LOSSES
 
 __all__ = ["FitConfig"]
 
@@ -23,20 +25,14 @@ class FitConfig:
     seed: the one seed of the run: split, shuffling, init and dropout derive from it.
     val_fraction: share of the examples held out for validation when `fit` splits arrays.
     test_fraction: share held out for the final test when `fit` splits arrays.
-    loss: "cross_entropy", "mse" or "distillation" (targets `(labels, teacher_logits)`;
-      see `Objective`).
-    label_smoothing: cross-entropy label smoothing.
-    distill_temperature: the distillation temperature (loss="distillation").
-    distill_alpha: the distillation term's weight in [0, 1] (loss="distillation").
-    l1: L1 penalty coefficient.
-    l2: coupled L2 penalty coefficient.
     patience: stop after this many epochs without improvement of `monitor`; None: never.
     min_delta: the least change of `monitor` that counts as improvement.
     monitor: "val_loss" (minimized), "val_accuracy" or "val_macro_f1" (maximized).
     restore_best: at the end, return (and save) the parameters of the best epoch.
     checkpoint_every: also save every this many steps inside an epoch; None: epoch ends only.
     keep_last_n: checkpoints kept on disk.
-    log_every: steps between progress-bar updates and non-finite-loss checks.
+    log_every: steps between metric flushes (progress bar, `on_metrics` callbacks,
+      non-finite-loss checks) and between the processes' checks for a stop signal.
     progress: show a progress bar.
     plot: write `curves.png` (loss and accuracy per epoch) into the workdir.
     parallel: how the steps use the devices of every process (`jax.devices()`):
@@ -54,12 +50,6 @@ class FitConfig:
   seed: int = 0
   val_fraction: float = 0.1
   test_fraction: float = 0.1
-  loss: str = "cross_entropy"
-  label_smoothing: float = 0.0
-  distill_temperature: float = 4.0
-  distill_alpha: float = 0.5
-  l1: float = 0.0
-  l2: float = 0.0
   patience: int | None = None
   min_delta: float = 0.0
   monitor: str = "val_loss"
@@ -89,13 +79,6 @@ class FitConfig:
     if self.val_fraction + self.test_fraction >= 1.0:
       raise ValueError("FitConfig.val_fraction + test_fraction must be < 1; got "
                        f"{self.val_fraction} + {self.test_fraction}")
-    if self.loss not in LOSSES:
-      raise ValueError(f"FitConfig.loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
-    if not self.distill_temperature > 0:
-      raise ValueError(f"FitConfig.distill_temperature must be > 0; got "
-                       f"{self.distill_temperature}")
-    if not 0.0 <= self.distill_alpha <= 1.0:
-      raise ValueError(f"FitConfig.distill_alpha must be in [0, 1]; got {self.distill_alpha}")
     if self.monitor not in MONITORS:
       raise ValueError(f"FitConfig.monitor must be one of {', '.join(MONITORS)}; "
                        f"got {self.monitor!r}")

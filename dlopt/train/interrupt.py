@@ -1,4 +1,9 @@
-"""Ctrl-C as a request to stop at the next step boundary, so a run saves where it stands."""
+"""Ctrl-C and SIGTERM as requests to stop at the next step, so a run saves where it stands.
+
+SIGTERM is what SLURM, Kubernetes and most schedulers send before they kill a preempted
+job; SIGINT is Ctrl-C. Either sets `StopRequest.signum`; the loop saves at the next step
+where it checks and raises `Interrupted`.
+"""
 
 from __future__ import annotations
 
@@ -6,34 +11,55 @@ import contextlib
 import signal
 import threading
 
-__all__ = ["StopRequest", "stop_on_interrupt"]
+__all__ = ["Interrupted", "StopRequest", "STOP_SIGNALS", "stop_on_signals"]
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+  """Raised by `fit` when it stopped on a signal, after saving (with a workdir).
+
+  Attributes:
+    signum: the signal's number (`signal.SIGINT` or `signal.SIGTERM`).
+    step: the step the run stopped at.
+  """
+
+  def __init__(self, signum: int, step: int):
+    self.signum, self.step = signum, step
+    super().__init__(f"stopped at step {step} on {signal.Signals(signum).name}")
 
 
 class StopRequest:
-  """Set by the first SIGINT; the loop polls `requested` after each step."""
+  """Set by the first stop signal; the loop polls `requested` after each step."""
 
   def __init__(self):
-    self.requested = False
+    self.signum: int | None = None
+
+  @property
+  def requested(self) -> bool:
+    return self.signum is not None
 
 
 @contextlib.contextmanager
-def stop_on_interrupt():
-  """Within the block, the first Ctrl-C sets `StopRequest.requested` instead of raising;
+def stop_on_signals(signals=STOP_SIGNALS):
+  """Within the block, the first of `signals` sets `StopRequest.signum` instead of acting;
   a second one raises `KeyboardInterrupt` at once. Outside the main thread (where signal
-  handlers cannot be set) Ctrl-C keeps its usual behaviour."""
+  handlers cannot be set) the signals keep their usual behaviour."""
   request = StopRequest()
   if threading.current_thread() is not threading.main_thread():
     yield request
     return
-  previous = signal.getsignal(signal.SIGINT)
+  previous = {signum: signal.getsignal(signum) for signum in signals}
 
   def handle(signum, frame):
     if request.requested:
       raise KeyboardInterrupt
-    request.requested = True
+    request.signum = signum
 
-  signal.signal(signal.SIGINT, handle)
+  for signum in signals:
+    signal.signal(signum, handle)
   try:
     yield request
   finally:
-    signal.signal(signal.SIGINT, previous)
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)

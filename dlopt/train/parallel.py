@@ -1,29 +1,33 @@
-"""Data parallelism over every device of every process: mesh, shardings, batches, steps.
+"""Placement: how the steps use the devices of every process. One strategy per kind.
 
-One `DataParallel` holds the device mesh (one axis, `data`, over `jax.devices()`, the
-devices of each process side by side) and the mode:
+`placement(parallel)` turns `FitConfig.parallel` into a strategy, and `fit` only calls its
+methods (`local_rows`, `prepare_model`, `place_state`, `train_step`, `eval_step`, `copy`):
 
-- "mesh": `jax.jit` of the plain `train_step` with the batch sharded along `data` and the
-  state replicated. The loss is the global batch's mean, so XLA inserts the gradient
-  all-reduce, and batch norm computes the global batch's statistics: no collective is
-  written by hand.
-- "fsdp": as "mesh", with every large leaf of the state (parameters, optimizer state, EMA)
-  sharded along `data` (ZeRO-3 through sharding annotations: XLA all-gathers each parameter
-  where it is used and reduces its gradient onto the shards; each device updates its shard).
-- "pmap": `jax.pmap` of `train_step(..., axis_name="data")`, the per-device step that
-  averages gradients and metrics with `lax.pmean` (models sync batch norm through their
-  `norm_axis_name`). The state goes in unmapped (`in_axes=None`: replicated, no leading
-  device axis) and comes out the same; evaluation runs through the mesh path.
+- `DataParallel`, `jax.jit` over a one-axis (`data`) device mesh, in one of three modes:
+  - "none": a mesh of one device (the first); the same code path as the others.
+  - "mesh": the plain `train_step` with the batch sharded along `data` and the state
+    replicated. The loss is the global batch's mean, so XLA inserts the gradient
+    all-reduce, and batch norm computes the global batch's statistics: no collective is
+    written by hand.
+  - "fsdp": as "mesh", with every large leaf of the state (parameters, optimizer state,
+    EMA) sharded along `data` (ZeRO-3 through sharding annotations: XLA all-gathers each
+    parameter where it is used and reduces its gradient onto the shards).
+- `PmapParallel` ("pmap"): `jax.pmap` of `train_step(..., axis_name="data")`, the
+  per-device step that averages gradients and metrics with `lax.pmean`. It owns what only
+  per-device steps need: models sync batch norm through their `norm_axis_name` (set by
+  `prepare_model`), other stateful models are refused, and batches are reshaped per
+  device. The state goes in unmapped (replicated) and comes out the same; evaluation runs
+  through the mesh path. `jax.pmap` is in maintenance mode in current JAX: this strategy
+  is kept working, and "mesh" is the one to prefer.
 
 Every process passes only its own rows of each global batch (`local_rows`); the global
 array is built with `jax.make_array_from_process_local_data`.
 
->>> par = DataParallel.create("fsdp")                     # doctest: +SKIP
->>> shardings = par.state_shardings(state)                # doctest: +SKIP
->>> state = par.place_state(state, shardings)             # doctest: +SKIP
->>> step = par.train_step(shardings, Objective())         # doctest: +SKIP
->>> rows = par.local_rows(len(y))   # (x, y): a global batch # doctest: +SKIP
->>> state, metrics = step(state, (x[rows], y[rows]))      # doctest: +SKIP
+>>> strategy = placement("fsdp")                             # doctest: +SKIP
+>>> state = strategy.place_state(state)                      # doctest: +SKIP
+>>> step = strategy.train_step(state, Objective())           # doctest: +SKIP
+>>> rows = strategy.local_rows(len(y))   # (x, y): a global batch # doctest: +SKIP
+>>> state, metrics = step(state, (x[rows], y[rows]))         # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -45,12 +50,12 @@ from dlopt.train.objective import Objective
 from dlopt.train.state import TrainState
 from dlopt.train.steps import eval_step, train_step
 
-__all__ = ["DATA_AXIS", "FSDP_MIN_SIZE", "MODES", "DataParallel", "ProcessLocal", "data_parallel",
-           "fsdp_spec", "make_mesh", "process_shard", "resolve_mode", "sync_batch_norm"]
+__all__ = ["DATA_AXIS", "FSDP_MIN_SIZE", "DataParallel", "Placement", "PmapParallel",
+           "fsdp_spec", "make_mesh", "placement", "process_shard", "resolve_mode",
+           "sync_batch_norm"]
 
 DATA_AXIS = "data"
 FSDP_MIN_SIZE = 2 ** 10  # elements; smaller leaves stay replicated under fsdp
-MODES = tuple(mode for mode in PARALLEL_MODES if mode not in ("auto", "none"))  # multi-device
 
 
 def resolve_mode(parallel: str, device_count: int | None = None) -> str:
@@ -71,55 +76,16 @@ def resolve_mode(parallel: str, device_count: int | None = None) -> str:
   return "mesh" if device_count > 1 else "none"
 
 
-def data_parallel(parallel: str) -> DataParallel | None:
-  """The `DataParallel` that `FitConfig.parallel` names over every device, or None for one.
-
-  Raises:
-    ValueError: for "none" when several processes have joined (each would train alone).
-  """
-  mode = resolve_mode(parallel)
-  if mode == "none":
-    if jax.process_count() > 1:
-      raise ValueError(f"parallel='none' trains on one device, but {jax.process_count()} "
-                       "processes have joined; use parallel='mesh', 'fsdp' or 'pmap'")
-    return None
-  return DataParallel.create(mode)
-
-
 def process_shard(num_examples: int) -> slice:
   """This process's contiguous block of `num_examples` rows (all of them for one process):
   process `p` of `P` gets `[p * n // P, (p + 1) * n // P)`. Load only these rows, then
-  hand `fit` your batches of them wrapped in `ProcessLocal`. Joins the processes first
+  hand `fit` your batches of them wrapped in `dlopt.train.ProcessLocal`. Joins the processes first
   (`initialize_distributed`), so it may come before any other JAX call."""
   if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 0:
     raise ValueError(f"num_examples must be an integer >= 0; got {num_examples!r}")
   initialize_distributed()
   p, count = jax.process_index(), jax.process_count()
   return slice(p * num_examples // count, (p + 1) * num_examples // count)
-
-
-class ProcessLocal:
-  """Training batches this process loaded itself: its own part of every global batch.
-
-  `fit(model, ProcessLocal(batches), val_data=..., config=...)` takes each `(x, y)` of
-  `batches` (a re-iterable with `len()`, e.g. over the rows of `process_shard`) as this
-  process's `batch_size / num_processes` rows of the global batch, and builds the global
-  batch with `jax.make_array_from_process_local_data`, so no process ever holds the rest of
-  the training data. Every process must yield as many batches per epoch, each of
-  `batch_size / num_processes` examples. With one process it is a plain iterable of batches.
-  """
-
-  def __init__(self, batches):
-    if not (hasattr(batches, "__iter__") and hasattr(batches, "__len__")):
-      raise ValueError("ProcessLocal needs a re-iterable of (x, y) batches with len(); got "
-                       f"{type(batches).__name__}")
-    self.batches = batches
-
-  def __len__(self) -> int:
-    return len(self.batches)
-
-  def __iter__(self):
-    return iter(self.batches)
 
 
 def sync_batch_norm(model: nn.Module) -> nn.Module:
@@ -130,13 +96,16 @@ def sync_batch_norm(model: nn.Module) -> nn.Module:
   return model
 
 
-def make_mesh() -> Mesh:
+def make_mesh(num_devices: int | None = None) -> Mesh:
   """A one-axis (`data`) mesh over every device, each process's devices side by side.
 
   The order is `jax.pmap`'s, so the two modes share one mesh, and process `p` holds the
-  `p`-th contiguous block of every batch sharded along `data`.
+  `p`-th contiguous block of every batch sharded along `data`. `num_devices=1` gives the
+  mesh of the first device alone (one process only).
   """
-  if jax.process_count() == 1:
+  if num_devices == 1:
+    devices = jax.devices()[:1]
+  elif jax.process_count() == 1:
     devices = jax.devices()
   else:
     devices = [d for p in range(jax.process_count()) for d in jax.local_devices(process_index=p)]
@@ -164,12 +133,49 @@ def fsdp_spec(shape: tuple[int, ...], num_shards: int, min_size: int = FSDP_MIN_
   return P(*([None] * axis), DATA_AXIS)
 
 
+
+
+class Placement(Protocol):
+  """What `fit` asks of a placement strategy (`DataParallel`, `PmapParallel`)."""
+
+  num_devices: int
+
+  def local_rows(self, batch_size: int) -> slice: ...
+
+  def prepare_model(self, model: nn.Module) -> nn.Module: ...
+
+  def place_state(self, state: TrainState) -> TrainState: ...
+
+  def train_step(self, state: TrainState, objective: Objective, *, ema_decay=None,
+                 augment=None, compiler_options=None) -> Callable: ...
+
+  def eval_step(self, state: TrainState, objective: Objective, *, num_classes=None,
+                compiler_options=None) -> Callable: ...
+
+  def copy(self, tree: Any) -> Any: ...
+
+
+def placement(parallel: str) -> DataParallel:
+  """The strategy that `FitConfig.parallel` names, over every device of every process.
+
+  Raises:
+    ValueError: for "none" when several processes have joined (each would train alone).
+  """
+  mode = resolve_mode(parallel)
+  if mode == "none" and jax.process_count() > 1:
+    raise ValueError(f"parallel='none' trains on one device, but {jax.process_count()} "
+                     "processes have joined; use parallel='mesh', 'fsdp' or 'pmap'")
+  if mode == "pmap":
+    return PmapParallel.create("pmap")
+  return DataParallel.create(mode)
+
+
 @dataclasses.dataclass(frozen=True)
 class DataParallel:
-  """Data-parallel training over `mesh` in one mode.
+  """Training with `jax.jit` over `mesh` in one mode ("none", "mesh" or "fsdp").
 
   Attributes:
-    mode: "pmap", "mesh" or "fsdp" (see the module docstring).
+    mode: "none" (a one-device mesh), "mesh" or "fsdp" (see the module docstring).
     mesh: the device mesh, one axis named `data`.
     min_shard_size: under "fsdp", leaves of fewer elements stay replicated.
   """
@@ -178,17 +184,20 @@ class DataParallel:
   mesh: Mesh
   min_shard_size: int = FSDP_MIN_SIZE
 
+  _MODES = ("none", "mesh", "fsdp")
+
   def __post_init__(self):
-    if self.mode not in MODES:
-      raise ValueError(f"DataParallel.mode must be one of {', '.join(MODES)}; got {self.mode!r}")
+    if self.mode not in self._MODES:
+      raise ValueError(f"{type(self).__name__}.mode must be one of {', '.join(self._MODES)}; "
+                       f"got {self.mode!r}")
     if self.mesh.axis_names != (DATA_AXIS,):
-      raise ValueError(f"DataParallel.mesh must have the one axis {DATA_AXIS!r}; got "
+      raise ValueError(f"{type(self).__name__}.mesh must have the one axis {DATA_AXIS!r}; got "
                        f"{self.mesh.axis_names}")
 
   @classmethod
   def create(cls, mode: str, min_shard_size: int = FSDP_MIN_SIZE) -> DataParallel:
-    """`DataParallel` over every device (`make_mesh()`)."""
-    return cls(mode, make_mesh(), min_shard_size)
+    """The strategy over every device (`make_mesh()`), or the first alone for "none"."""
+    return cls(mode, make_mesh(1 if mode == "none" else None), min_shard_size)
 
   @property
   def num_devices(self) -> int:
@@ -220,6 +229,10 @@ class DataParallel:
     start = jax.process_index() * per_process
     return slice(start, start + per_process)
 
+  def prepare_model(self, model: nn.Module) -> nn.Module:
+    """The model as this strategy runs it: unchanged under jit."""
+    return model
+
   def state_shardings(self, state: TrainState) -> TrainState:
     """The `NamedSharding` of every leaf of `state`: replicated, or per `fsdp_spec`."""
     def sharding(leaf):
@@ -229,12 +242,17 @@ class DataParallel:
                                                 self.min_shard_size))
     return jax.tree.map(sharding, state)
 
-  def place_state(self, state: TrainState, shardings: TrainState) -> TrainState:
-    """`state` (the same value in every process) laid out as `shardings` over the mesh."""
+  def place_state(self, state: TrainState) -> TrainState:
+    """`state` (the same value in every process) laid out over the mesh."""
     def place(leaf, sharding):
       value = np.asarray(leaf)
       return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
-    return jax.tree.map(place, state, shardings)
+    return jax.tree.map(place, state, self.state_shardings(state))
+
+  def copy(self, tree: Any) -> Any:
+    """A copy of `tree` (e.g. the best parameters) in the same layout, safe from the
+    donating train step."""
+    return jax.tree.map(jnp.copy, tree)
 
   def global_batch(self, local_batch: Any) -> Any:
     """The global batch, sharded along `data`, from every process's `local_rows` of it.
@@ -249,33 +267,93 @@ class DataParallel:
       leaf = np.asarray(leaf)
       global_shape = (leaf.shape[0] * jax.process_count(),) + leaf.shape[1:]
       self.check_batch_size(global_shape[0], "the batch size")
+      if jax.process_count() == 1:  # the same array, without the multi-process bookkeeping
+        return jax.device_put(leaf, self.batch_sharding)
       return jax.make_array_from_process_local_data(self.batch_sharding, leaf, global_shape)
     return jax.tree.map(make, local_batch)
 
-  def train_step(self, shardings: TrainState, objective: Objective,
+  def train_step(self, state: TrainState, objective: Objective, *,
                  ema_decay: float | None = None, augment=None,
                  compiler_options: dict | None = None) -> Callable:
-    """The data-parallel `train_step`, the state donated.
+    """The `train_step` over the mesh, the state donated.
 
     Args:
-      shardings: the state's shardings (`state_shardings`).
+      state: a state placed by `place_state` (its layout is the step's).
       objective, ema_decay, augment: as `dlopt.train.train_step`.
-      compiler_options: XLA options for `jax.jit` (not used by "pmap").
+      compiler_options: XLA options for `jax.jit`.
 
     Returns:
       `step(state, local_batch) -> (state, metrics)`, `local_batch` being this process's
       `local_rows` of the global batch (host arrays); metrics are replicated scalars.
     """
+    shardings = self.state_shardings(state)
     bound = functools.partial(train_step, objective=objective, ema_decay=ema_decay,
                               augment=augment)
-    if self.mode != "pmap":
-      jitted = jax.jit(bound, in_shardings=(shardings, self.batch_sharding),
-                       out_shardings=(shardings, self.replicated), donate_argnums=0,
-                       compiler_options=compiler_options)
-      return lambda state, local_batch: jitted(state, self.global_batch(local_batch))
+    jitted = jax.jit(bound, in_shardings=(shardings, self.batch_sharding),
+                     out_shardings=(shardings, self.replicated), donate_argnums=0,
+                     compiler_options=compiler_options)
+    return lambda state, local_batch: jitted(state, self.global_batch(local_batch))
 
-    pmapped = jax.pmap(functools.partial(bound, axis_name=DATA_AXIS), axis_name=DATA_AXIS,
-                       in_axes=(None, 0), out_axes=None, donate_argnums=0)
+  def eval_step(self, state: TrainState, objective: Objective, *,
+                num_classes: int | None = None,
+                compiler_options: dict | None = None) -> Callable:
+    """The `eval_step` over the mesh, jitted with `compiler_options`.
+
+    Returns:
+      `step(state, batch, weights) -> sums`, `batch` and `weights` [B] being the whole
+      eval batch (the same in every process; B divisible by `num_devices`).
+    """
+    jitted = jax.jit(functools.partial(eval_step, objective=objective, num_classes=num_classes),
+                     in_shardings=(self.state_shardings(state), self.batch_sharding,
+                                   self.batch_sharding),
+                     out_shardings=self.replicated, compiler_options=compiler_options)
+
+    def step(state, batch, weights):
+      rows = self.local_rows(len(weights))
+      local = jax.tree.map(lambda a: np.asarray(a)[rows], (batch, weights))
+      return jitted(state, *self.global_batch(local))
+    return step
+
+
+@dataclasses.dataclass(frozen=True)
+class PmapParallel(DataParallel):
+  """Training with per-device `jax.pmap` steps over every device (mode "pmap").
+
+  The state is replicated over the mesh as under "mesh"; only the train step differs.
+  """
+
+  _MODES = ("pmap",)
+
+  def prepare_model(self, model: nn.Module) -> nn.Module:
+    """`model` with batch norm averaged over the devices (`sync_batch_norm`)."""
+    return sync_batch_norm(model)
+
+  def place_state(self, state: TrainState) -> TrainState:
+    """The replicated state; refuses model state that the per-device copies would not
+    keep in sync (a stateful model without `norm_axis_name`).
+
+    Raises:
+      ValueError: for such a model.
+    """
+    model = getattr(state.apply_fn, "__self__", None)
+    if state.model_state and getattr(model, "norm_axis_name", None) != DATA_AXIS:
+      raise ValueError(
+          f"parallel='pmap' runs one copy of the model per device, and "
+          f"{type(model).__name__} keeps state ({', '.join(state.model_state)}) that the "
+          "copies would not keep in sync (it has no norm_axis_name field); use "
+          "parallel='mesh'")
+    return super().place_state(state)
+
+  def train_step(self, state: TrainState, objective: Objective, *,
+                 ema_decay: float | None = None, augment=None,
+                 compiler_options: dict | None = None) -> Callable:
+    """`jax.pmap` of `train_step(..., axis_name="data")`, the state donated (XLA options
+    are not passed: pmap takes none). Same contract as `DataParallel.train_step`."""
+    del state, compiler_options
+    bound = functools.partial(train_step, objective=objective, ema_decay=ema_decay,
+                              augment=augment, axis_name=DATA_AXIS)
+    pmapped = jax.pmap(bound, axis_name=DATA_AXIS, in_axes=(None, 0), out_axes=None,
+                       donate_argnums=0)
     local_devices = self.mesh.local_mesh.size
 
     def step(state, local_batch):
@@ -287,26 +365,6 @@ class DataParallel:
       if jax.process_count() > 1:  # pmap hands back this process's part: make it global
         state = jax.tree.map(self._global_replica, state)
       return state, metrics
-    return step
-
-  def eval_step(self, shardings: TrainState, objective: Objective,
-                num_classes: int | None = None,
-                compiler_options: dict | None = None) -> Callable:
-    """The data-parallel `eval_step` (every mode evaluates through the mesh), jitted with
-    `compiler_options`.
-
-    Returns:
-      `step(state, batch, weights) -> sums`, `batch` and `weights` [B] being the whole
-      eval batch (the same in every process; B divisible by `num_devices`).
-    """
-    jitted = jax.jit(functools.partial(eval_step, objective=objective, num_classes=num_classes),
-                     in_shardings=(shardings, self.batch_sharding, self.batch_sharding),
-                     out_shardings=self.replicated, compiler_options=compiler_options)
-
-    def step(state, batch, weights):
-      rows = self.local_rows(len(weights))
-      local = jax.tree.map(lambda a: np.asarray(a)[rows], (batch, weights))
-      return jitted(state, *self.global_batch(local))
     return step
 
   def _global_replica(self, leaf: jax.Array) -> jax.Array:

@@ -17,10 +17,11 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
-__all__ = ["TrainState", "create_train_state"]
+__all__ = ["TrainState", "create_train_state", "with_variables"]
 
 
 class TrainState(struct.PyTreeNode):
@@ -92,3 +93,28 @@ def create_train_state(
       apply_fn=model.apply,
       tx=tx,
   )
+
+
+def with_variables(state: TrainState, variables: dict) -> TrainState:
+  """`state` started from `variables` (`{"params": ..., "batch_stats": ...}`, e.g. a trained
+  model to fine-tune) instead of its own init; a fresh optimizer state and EMA.
+
+  Raises:
+    ValueError: unless `variables` has the model's variable structure and shapes.
+  """
+  variables = dict(variables)
+  params = variables.pop("params", None)
+  fresh = {"params": state.params, **state.model_state}
+  given = {"params": params, **variables}
+  if jax.tree.structure(fresh) != jax.tree.structure(given) or any(
+      a.shape != b.shape for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(given))):
+    raise ValueError("init_variables must have the model's variable structure and shapes; "
+                     f"got {jax.tree.map(np.shape, given)}, the model has "
+                     f"{jax.tree.map(np.shape, fresh)}")
+  # Copies: the train step donates the state's buffers, which must not be the caller's.
+  params = jax.tree.map(lambda new, old: jnp.array(new, old.dtype, copy=True), params,
+                        state.params)
+  model_state = jax.tree.map(lambda leaf: jnp.array(leaf, copy=True), variables)
+  return state.replace(params=params, opt_state=state.tx.init(params), model_state=model_state,
+                       ema_params=None if state.ema_params is None
+                       else jax.tree.map(jnp.copy, params))

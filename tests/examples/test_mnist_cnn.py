@@ -98,7 +98,8 @@ def unbroken_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM],
+                         ids=["kill-9", "ctrl-c", "sigterm"])
 def test_stopped_mid_epoch_then_resumed_ends_bit_exact(tmp_path, unbroken_run, signum):
   stopped = tmp_path / "stopped"
   process = subprocess.Popen(_command(stopped), env=ENV, stdout=subprocess.PIPE,
@@ -112,9 +113,10 @@ def test_stopped_mid_epoch_then_resumed_ends_bit_exact(tmp_path, unbroken_run, s
   process.send_signal(signum)
   _, err = process.communicate(timeout=120)
   assert not (stopped / "final_metrics.json").exists(), "the run ended before it was stopped"
-  if signum == signal.SIGINT:
-    assert process.returncode == 130, err
+  if signum != signal.SIGKILL:  # saved at the next step, said so, exited 128 + signal
+    assert process.returncode == 128 + signum, err
     assert f"--workdir {stopped} --resume" in err
+    assert f"on {signal.Signals(signum).name}" in err
 
   resumed = subprocess.run(_command(stopped, "--resume"), env=ENV, capture_output=True, text=True)
   assert resumed.returncode == 0, resumed.stderr

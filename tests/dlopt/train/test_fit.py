@@ -12,7 +12,7 @@ import pytest
 from dlopt.data import BatchIterator, load_diabetes, load_digits, train_val_test_split
 from dlopt.models import CNN, MLP, LinearRegression
 from dlopt.optim import OptimizerConfig
-from dlopt.train import Checkpointer, FitConfig, NonFiniteLossError, fit
+from dlopt.train import Checkpointer, FitConfig, NonFiniteLossError, Objective, fit
 
 QUIET = dict(progress=False, plot=False)
 
@@ -126,11 +126,11 @@ def test_existing_run_is_not_overwritten_and_config_must_match(tmp_path, digits)
 
 def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
   x, y = load_diabetes()
-  config = FitConfig(epochs=50, batch_size=32, loss="mse", checkpoint_every=1, keep_last_n=3,
+  config = FitConfig(epochs=50, batch_size=32, checkpoint_every=1, keep_last_n=3,
                      val_fraction=0.0, test_fraction=0.0, log_every=1, **QUIET)
   with pytest.raises(NonFiniteLossError, match=r"at step \d+") as error:
-    fit(LinearRegression(), (x, y), optimizer=OptimizerConfig("sgd", 10.0), config=config,
-        workdir=tmp_path)
+    fit(LinearRegression(), (x, y), optimizer=OptimizerConfig("sgd", 10.0),
+        objective=Objective("mse"), config=config, workdir=tmp_path)
   checkpointer = Checkpointer(tmp_path / "checkpoints")
   latest = checkpointer.latest_step()
   assert latest is not None and f"step {latest}" in str(error.value)
@@ -153,13 +153,14 @@ def test_one_hot_labels_accumulation_and_regression(digits):
   one_hot = np.eye(10, dtype=np.float32)[y]
   result = fit(_mlp(), (x, one_hot), optimizer=OptimizerConfig("momentum", 0.05,
                                                                  accumulate_steps=2),
-               config=FitConfig(epochs=2, batch_size=32, label_smoothing=0.1, **QUIET))
+               objective=Objective(label_smoothing=0.1),
+               config=FitConfig(epochs=2, batch_size=32, **QUIET))
   assert result.test_metrics["accuracy"] > 0.5
   xr, yr = load_diabetes()
   xr = (xr - xr.mean(0)) / xr.std(0)
   yr = (yr - yr.mean()) / yr.std()
   reg = fit(LinearRegression(), (xr, yr), optimizer=OptimizerConfig("adam", 0.05),
-            config=FitConfig(epochs=20, batch_size=32, loss="mse", **QUIET))
+            objective=Objective("mse"), config=FitConfig(epochs=20, batch_size=32, **QUIET))
   assert reg.history[-1]["train_loss"] < 0.7 * reg.history[0]["train_loss"]
   assert reg.test_metrics["loss"] < 0.8  # standardized target: predicting the mean gives 1.0
 

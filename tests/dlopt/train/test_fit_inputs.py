@@ -1,4 +1,4 @@
-"""fit with structured inputs and targets, augmentation, a given start, and a post transform."""
+"""fit with structured inputs and targets, augmentation, a given start and a user's optax chain."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from dlopt.data import load_digits
 from dlopt.models import MLP
 from dlopt.optim import OptimizerConfig
-from dlopt.train import FitConfig, fit
+from dlopt.train import FitConfig, Objective, fit
 
 QUIET = dict(progress=False, plot=False)
 ADAM = OptimizerConfig("adam", 3e-3)
@@ -63,14 +63,15 @@ def test_distillation_follows_the_teacher_and_reports_label_accuracy():
   x = x.reshape(len(x), -1)
   teacher = np.zeros((len(x), 10), np.float32)
   teacher[np.arange(len(x)), (y + 1) % 10] = 10.0  # a teacher that is always wrong by one
-  config = FitConfig(epochs=6, batch_size=64, loss="distillation", distill_alpha=1.0,
-                     distill_temperature=2.0, **QUIET)
+  config = FitConfig(epochs=6, batch_size=64, **QUIET)
+  distillation = Objective("distillation", alpha=1.0, temperature=2.0)
   result = fit(MLP(widths=(64,), num_outputs=10), (x, (y, teacher)),
-               optimizer=OptimizerConfig("adam", 3e-3), config=config)
+               optimizer=OptimizerConfig("adam", 3e-3), objective=distillation, config=config)
   # Pure distillation (alpha=1) learns the teacher's labels, not the true ones.
   assert result.test_metrics["accuracy"] < 0.2
   shifted = fit(MLP(widths=(64,), num_outputs=10), (x, ((y + 1) % 10, teacher)),
-                optimizer=OptimizerConfig("adam", 3e-3), config=config)
+                optimizer=OptimizerConfig("adam", 3e-3), objective=distillation,
+                config=config)
   assert shifted.test_metrics["accuracy"] > 0.85
 
 
@@ -78,7 +79,7 @@ def test_distillation_needs_a_target_pair():
   x, y = load_digits()
   with pytest.raises(ValueError, match="loss='distillation' needs targets"):
     fit(MLP(widths=(8,), num_outputs=10), (x, y),
-        config=FitConfig(epochs=1, loss="distillation", **QUIET))
+        objective=Objective("distillation"), config=FitConfig(epochs=1, **QUIET))
 
 
 def test_augment_runs_on_every_training_batch_with_fresh_keys():
@@ -104,7 +105,7 @@ def test_augment_runs_on_every_training_batch_with_fresh_keys():
                          np.asarray(jax.tree.leaves(a.state.params)[0]))
 
 
-def test_init_variables_and_post_transform_keep_frozen_entries():
+def test_init_variables_and_a_users_optax_chain_keep_frozen_entries():
   x, y = load_digits()
   model = MLP(widths=(16,), num_outputs=10)
   first = fit(model, (x, y), optimizer=ADAM, config=FitConfig(epochs=1, **QUIET))
@@ -114,9 +115,8 @@ def test_init_variables_and_post_transform_keep_frozen_entries():
   start = jax.tree.map(lambda p, m: p * m, params, mask)
   keep = optax.stateless(lambda updates, params=None: jax.tree.map(
       lambda u, m: u * m, updates, mask))
-  tuned = fit(model, (x, y), optimizer=OptimizerConfig("adamw", 1e-3, weight_decay=1e-2),
-              config=FitConfig(epochs=1, **QUIET), init_variables={"params": start},
-              post_transform=keep)
+  tuned = fit(model, (x, y), optimizer=optax.chain(optax.adamw(1e-3, weight_decay=1e-2), keep),
+              config=FitConfig(epochs=1, **QUIET), init_variables={"params": start})
   for p, m, s in zip(jax.tree.leaves(tuned.state.params), jax.tree.leaves(mask),
                      jax.tree.leaves(start)):
     p, m, s = map(np.asarray, (p, m, s))

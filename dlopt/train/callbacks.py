@@ -275,6 +275,7 @@ class StopOnSignal(Callback):
 
   def __init__(self, request: StopRequest):
     self.request = request
+    self._agreed_signum = 0  # the signal some process got, once the processes agreed
 
   def on_step_end(self, loop) -> None:
     if loop.last_step_of_epoch:  # on_epoch_end decides, after the epoch's save
@@ -298,4 +299,4 @@ class StopOnSignal(Callback):
     return self._agreed_signum > 0
 
   def _signum(self) -> int:
-    return self.request.signum or getattr(self, "_agreed_signum", 2)
+    return self.request.signum or self._agreed_signum

@@ -203,14 +203,14 @@ def _optimizer(optimizer, total_steps: int) -> tuple[optax.GradientTransformatio
                                                      float | None]:
   """`(tx, learning_rate(state), ema_decay)` for an `OptimizerConfig` or an optax
   transformation."""
-  if isinstance(optimizer, OptimizerConfig):
-    schedule = make_schedule(optimizer, num_updates(optimizer, total_steps))
+  if not isinstance(optimizer, OptimizerConfig):
+    return optimizer, _injected_learning_rate, None
+  schedule = make_schedule(optimizer, num_updates(optimizer, total_steps))
 
-    def learning_rate(state):  # of the last update
-      return float(schedule(max(num_updates(optimizer, int(state.step)) - 1, 0)))
-    return make_optimizer(optimizer, total_steps=total_steps), learning_rate, \
-        optimizer.ema_decay
-  return optimizer, _injected_learning_rate, None
+  def learning_rate(state):  # of the last update
+    return float(schedule(max(num_updates(optimizer, int(state.step)) - 1, 0)))
+  tx = make_optimizer(optimizer, total_steps=total_steps)
+  return tx, learning_rate, optimizer.ema_decay
 
 
 def _injected_learning_rate(state: TrainState) -> float | None:

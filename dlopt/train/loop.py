@@ -162,8 +162,9 @@ class Loop:
     try:
       if self.position.early_stopping.should_stop(self.config.patience):
         return self.state  # resumed after an early stop: nothing to do
-      for self.step, batch in zip(range(start + 1, total + 1), self._batches()):
+      for step, batch in zip(range(start + 1, total + 1), self._batches()):
         self.state, metrics = self.train_step(self.state, batch)
+        self.step = step
         self._pending.append((self.step, metrics))
         self.position.step_in_epoch += 1
         if len(self._pending) >= self.config.log_every:

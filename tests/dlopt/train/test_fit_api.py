@@ -238,3 +238,11 @@ def test_dlopt_train_does_not_import_compress():
   done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                         check=True)
   assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("module", ["inputs", "callbacks", "loop", "state", "parallel"])
+def test_docstring_examples_run(module):
+  import doctest
+  import importlib
+  assert doctest.testmod(importlib.import_module(f"dlopt.train.{module}"),
+                         raise_on_error=False).failed == 0

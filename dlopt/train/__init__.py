@@ -28,11 +28,13 @@ from dlopt.train.objective import Objective
 from dlopt.train.parallel import DataParallel, PmapParallel, placement, process_shard
 from dlopt.train.state import TrainState, create_train_state
 from dlopt.train.steps import eval_step, make_eval_step, make_train_step, train_step
+from dlopt.train.writers import JsonlWriter, MetricWriter, TensorBoardWriter, WriteMetrics
 from dlopt.train.xla_options import step_compiler_options
 
 __all__ = [
     "BatchSource", "Callback", "Checkpoint", "Checkpointer", "DataParallel", "EarlyStop",
-    "EarlyStopping", "FitConfig", "FitResult", "Interrupted", "IterableBatches", "Loop",
+    "EarlyStopping", "FitConfig", "FitResult", "Interrupted", "IterableBatches",
+    "JsonlWriter", "Loop", "MetricWriter", "TensorBoardWriter", "WriteMetrics",
     "LoopState", "MetricLog", "NonFiniteLossError", "Objective", "PlotCurves", "PmapParallel",
     "ProcessLocal", "ProgressBar", "StopOnSignal", "TrainState", "Validation",
     "create_train_state", "eval_step", "evaluate", "fit", "initialize_distributed",

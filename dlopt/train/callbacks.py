@@ -15,8 +15,8 @@ callbacks=[...])`. Every hook gets the loop, which holds `state`, `step`, `posit
 - `on_epoch_end(loop, record)`: the record is complete and in `loop.position.history`.
 
 `fit` runs its own behaviour as callbacks of this kind, in this order: `Validation`,
-`EarlyStop`, `ProgressBar`, then the user's, then `MetricLog`, `PlotCurves`,
-`Checkpoint` and `StopOnSignal`.
+`EarlyStop`, `ProgressBar`, then the user's, then `MetricLog`, `WriteMetrics`
+(`dlopt.train.writers`), `PlotCurves`, `Checkpoint` and `StopOnSignal`.
 
 >>> class PrintLoss(Callback):
 ...   def on_epoch_end(self, loop, record):
@@ -105,16 +105,26 @@ def write_metric_log(history: Sequence[dict], path: Path) -> None:
 
 
 def plot_curves(history: Sequence[dict], path: Path) -> None:
-  """Draws loss and (when present) accuracy per epoch, train and validation, into a PNG."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  """Draws loss and (when present) accuracy per epoch, train and validation, into a PNG.
+
+  It draws on a `matplotlib.figure.Figure` of its own: pyplot and the user's backend (a
+  notebook's inline plots, say) are left alone.
+
+  Raises:
+    ImportError: without matplotlib, naming the `plot` extra.
+  """
+  try:
+    from matplotlib.figure import Figure
+  except ImportError as error:
+    raise ImportError("plot_curves (FitConfig.plot, curves.png) needs matplotlib: "
+                      "pip install 'dlopt[plot]', or pass FitConfig(plot=False)") from error
 
   epochs = [record["epoch"] for record in history]
   panels = [("loss", "loss")]
   if any("train_accuracy" in record for record in history):
     panels.append(("accuracy", "accuracy"))
-  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+  fig = Figure(figsize=(5 * len(panels), 3.6))
+  axes = fig.subplots(1, len(panels), squeeze=False)
   for ax, (key, title) in zip(axes[0], panels):
     for split, style in (("train", "-o"), ("val", "-s")):
       values = [record.get(f"{split}_{key}") for record in history]
@@ -127,7 +137,6 @@ def plot_curves(history: Sequence[dict], path: Path) -> None:
     ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
 
 
 class Validation(Callback):

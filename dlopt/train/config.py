@@ -35,6 +35,8 @@ class FitConfig:
       non-finite-loss checks) and between the processes' checks for a stop signal.
     progress: show a progress bar.
     plot: write `curves.png` (loss and accuracy per epoch) into the workdir.
+    tensorboard: also write TensorBoard events (every step's and epoch's metrics, the
+      configuration as hparams) into `<workdir>/tensorboard` (the `tensorboard` extra).
     parallel: how the steps use the devices of every process (`jax.devices()`):
       "none" (one device), "pmap" (`jax.pmap` per-device steps, gradients and batch-norm
       statistics averaged with `lax.pmean`), "mesh" (`jax.jit` over a device mesh, batches
@@ -59,6 +61,7 @@ class FitConfig:
   log_every: int = 50
   progress: bool = True
   plot: bool = True
+  tensorboard: bool = False
   parallel: str = dataclasses.field(default="auto", metadata={
       "help": "auto (mesh on several devices), none, pmap, mesh or fsdp"})
 

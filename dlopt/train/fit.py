@@ -42,6 +42,7 @@ from dlopt.train.parallel import placement
 from dlopt.train.state import TrainState, create_train_state, with_variables
 from dlopt.train.steps import model_args
 from dlopt.train.workdir import RunDirectory, config_record
+from dlopt.train.writers import JsonlWriter, TensorBoardWriter, WriteMetrics
 from dlopt.train.xla_options import compiler_options_for
 
 __all__ = ["fit", "FitResult", "NonFiniteLossError"]
@@ -145,12 +146,15 @@ def fit(model: nn.Module, data: Any, *,
       multiple_of=strategy.num_devices)
   keeps_best = config.patience is not None and config.restore_best and inputs.val is not None
 
+  if config.tensorboard and workdir is None:
+    raise ValueError("FitConfig.tensorboard=True writes into the run directory; pass "
+                     "workdir=")
+  record = config_record(model=model, objective=objective, fit=config, optimizer=optimizer)
   run_dir = None if workdir is None else RunDirectory(workdir, config.keep_last_n)
   try:
     position = LoopState()
     if run_dir is not None:
-      run_dir.check_config(config_record(model=model, objective=objective, fit=config,
-                                         optimizer=optimizer), resume)
+      run_dir.check_config(record, resume)
       if resume:
         state, position = run_dir.restore(
             state, strategy.copy(best_tree(state)) if keeps_best else None)
@@ -160,7 +164,8 @@ def fit(model: nn.Module, data: Any, *,
                   workdir=run_dir and run_dir.path, learning_rate=learning_rate,
                   position=position)
       loop.callbacks = _callbacks(loop, inputs.val, evaluate_split, strategy.copy,
-                                  keeps_best=keeps_best, stop=stop, user=callbacks)
+                                  keeps_best=keeps_best, stop=stop, user=callbacks,
+                                  hparams=record)
       state = loop.run(state)
     if keeps_best and position.best is not None:
       state = state.replace(**position.best)
@@ -177,7 +182,8 @@ def fit(model: nn.Module, data: Any, *,
 
 
 def _callbacks(loop: Loop, val: tuple | None, evaluate_split: Callable, copy: Callable, *,
-               keeps_best: bool, stop, user: Sequence[Callback]) -> list[Callback]:
+               keeps_best: bool, stop, user: Sequence[Callback],
+               hparams: dict) -> list[Callback]:
   """The built-in callbacks around the user's, in the order the module docstring of
   `dlopt.train.callbacks` gives."""
   first: list[Callback] = []
@@ -187,11 +193,21 @@ def _callbacks(loop: Loop, val: tuple | None, evaluate_split: Callable, copy: Ca
   last: list[Callback] = []
   if loop.workdir is not None:
     last.append(MetricLog(loop.workdir / "metrics.jsonl"))
+    last.append(WriteMetrics(functools.partial(_writers, loop.workdir, loop.config.tensorboard),
+                             hparams=hparams))
     if loop.config.plot:
       last.append(PlotCurves(loop.workdir / "curves.png"))
     last.append(Checkpoint(loop.config.checkpoint_every))
   last.append(StopOnSignal(stop))
   return first + list(user) + last
+
+
+def _writers(workdir: Path, tensorboard: bool, start_step: int) -> list:
+  """The run directory's metric writers: `steps.jsonl`, and TensorBoard when asked."""
+  writers = [JsonlWriter(workdir / "steps.jsonl", start_step)]
+  if tensorboard:
+    writers.append(TensorBoardWriter(workdir / "tensorboard", start_step))
+  return writers
 
 
 def _evaluate(eval_step: Callable, state: TrainState, split: tuple, **options) -> dict:

@@ -24,7 +24,7 @@ __all__ = ["RunDirectory", "config_record"]
 
 # Fields that may change between a run and its resumption without changing its result
 # (`parallel` only by the order of float reductions, and pmap's per-device dropout streams).
-RESUME_MAY_DIFFER = ("progress", "plot", "log_every", "parallel")
+RESUME_MAY_DIFFER = ("progress", "plot", "tensorboard", "log_every", "parallel")
 
 
 def config_record(**parts: Any) -> dict:

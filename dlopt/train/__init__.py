@@ -21,6 +21,7 @@ from dlopt.train.config import FitConfig
 from dlopt.train.distributed import initialize as initialize_distributed
 from dlopt.train.evaluate import evaluate
 from dlopt.train.fit import FitResult, fit
+from dlopt.train.grain_input import GrainBatches
 from dlopt.train.inputs import BatchSource, IterableBatches, ProcessLocal
 from dlopt.train.interrupt import Interrupted
 from dlopt.train.loop import Loop, LoopState, NonFiniteLossError
@@ -33,7 +34,7 @@ from dlopt.train.xla_options import step_compiler_options
 
 __all__ = [
     "BatchSource", "Callback", "Checkpoint", "Checkpointer", "DataParallel", "EarlyStop",
-    "EarlyStopping", "FitConfig", "FitResult", "Interrupted", "IterableBatches",
+    "EarlyStopping", "FitConfig", "FitResult", "GrainBatches", "Interrupted", "IterableBatches",
     "JsonlWriter", "Loop", "MetricWriter", "TensorBoardWriter", "WriteMetrics",
     "LoopState", "MetricLog", "NonFiniteLossError", "Objective", "PlotCurves", "PmapParallel",
     "ProcessLocal", "ProgressBar", "StopOnSignal", "TrainState", "Validation",

@@ -11,8 +11,12 @@ A batch source is what the loop needs of its data and nothing more:
   cut to this process's `rows` of the global batch.
 
 `dlopt.data.BatchIterator` is one as it is (over any pytree of arrays); `ProcessLocal`
-(each process's own rows) is one; any other re-iterable of `(x, y)` batches with `len()`
-is adapted by `IterableBatches`. `resolve_inputs` turns `fit`'s `data`, `val_data` and
+(each process's own rows) is one; grain pipelines are adapted by `GrainBatches`
+(`dlopt.train.grain_input`); any other re-iterable of `(x, y)` batches with `len()` is
+adapted by `IterableBatches`. A source whose position is not a function of `(epoch,
+step)` (an iterator's) may also have `iterator_state()` and `restore_iterator(state)`:
+the loop saves that state in every checkpoint (`iterator_state`, `restore_iterator`
+below). `resolve_inputs` turns `fit`'s `data`, `val_data` and
 `test_data` into a source and two in-memory splits, checking them before anything is
 traced.
 
@@ -32,10 +36,11 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from dlopt.data import BatchIterator, Splits, train_val_test_split
+from dlopt.train.grain_input import GrainBatches, is_grain_pipeline
 from dlopt.train.objective import Objective
 
 __all__ = ["BatchSource", "Inputs", "IterableBatches", "ProcessLocal", "batch_source",
-           "check_labels", "resolve_inputs"]
+           "check_labels", "iterator_state", "resolve_inputs", "restore_iterator"]
 
 
 @runtime_checkable
@@ -157,13 +162,29 @@ def batch_source(data: Any, batch_size: int, seed: int) -> BatchSource:
   """
   if isinstance(data, BatchSource):
     return data
+  if is_grain_pipeline(data):
+    return GrainBatches(data)
   if _is_pair_of_arrays(data):
     return BatchIterator(jax.tree.map(np.asarray, data), batch_size, seed=seed)
   if hasattr(data, "__iter__") and hasattr(data, "__len__"):
     return IterableBatches(data)
   raise ValueError("data must be an (x, y) tuple of arrays, a dlopt.data.Splits, a "
-                   "dlopt.data.BatchIterator, a ProcessLocal, or a re-iterable of (x, y) "
-                   f"batches with len(); got {type(data).__name__}")
+                   "dlopt.data.BatchIterator, a ProcessLocal, a grain pipeline, or a "
+                   f"re-iterable of (x, y) batches with len(); got {type(data).__name__}")
+
+
+def iterator_state(source: BatchSource) -> Any:
+  """The state a checkpoint keeps of `source`'s iterator: None for a source whose
+  position is `(epoch, step)` alone (arrays, re-iterables)."""
+  save = getattr(source, "iterator_state", None)
+  return None if save is None else save()
+
+
+def restore_iterator(source: BatchSource, state: Any) -> None:
+  """Puts `source`'s iterator back where `iterator_state` was taken (when it has one)."""
+  restore = getattr(source, "restore_iterator", None)
+  if restore is not None:
+    restore(state)
 
 
 def resolve_inputs(data: Any, val_data, test_data, *, batch_size: int, seed: int,

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from dlopt.train.callbacks import Callback, EarlyStopping
 from dlopt.train.checkpoint import Checkpointer
 from dlopt.train.config import FitConfig
-from dlopt.train.inputs import BatchSource
+from dlopt.train.inputs import BatchSource, iterator_state, restore_iterator
 from dlopt.train.state import TrainState
 
 __all__ = ["Loop", "LoopState", "NonFiniteLossError", "save_checkpoint"]
@@ -51,6 +51,7 @@ class LoopState:
     early_stopping: the early-stopping record.
     best: the best epoch's `{"params", "model_state", ["ema_params"]}`, or None; saved
       with the state, not in the metadata.
+    source_state: the batch source's iterator state (e.g. a grain iterator's), or None.
   """
 
   epoch: int = 0
@@ -59,18 +60,20 @@ class LoopState:
   history: list = dataclasses.field(default_factory=list)
   early_stopping: EarlyStopping = EarlyStopping()
   best: Any = None
+  source_state: Any = None
 
   def meta(self) -> dict:
     """The JSON metadata of a checkpoint at this position."""
     return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
             "partial_sums": self.partial_sums or None, "history": self.history,
-            "early_stopping": self.early_stopping._asdict()}
+            "early_stopping": self.early_stopping._asdict(), "source_state": self.source_state}
 
   @classmethod
   def from_meta(cls, meta: dict, best: Any = None) -> LoopState:
     """The position a checkpoint's `meta` (and `best`) records."""
     return cls(meta["epoch"], meta["step_in_epoch"], dict(meta["partial_sums"] or {}),
-               list(meta["history"]), EarlyStopping(**meta["early_stopping"]), best)
+               list(meta["history"]), EarlyStopping(**meta["early_stopping"]), best,
+               meta.get("source_state"))
 
 
 def save_checkpoint(checkpointer: Checkpointer, state: TrainState, position: LoopState) -> None:
@@ -157,6 +160,8 @@ class Loop:
     total = self.config.epochs * self.steps_per_epoch
     start = self.position.epoch * self.steps_per_epoch + self.position.step_in_epoch
     self.step = start
+    if start:  # resumed: the source's iterator continues where the checkpoint left it
+      restore_iterator(self.source, self.position.source_state)
     self._epoch_started = time.perf_counter()
     self._call("on_train_begin")
     try:
@@ -205,6 +210,7 @@ class Loop:
     if self.checkpointer is None or self._saved_step == self.step:
       return
     self.flush()
+    self.position.source_state = iterator_state(self.source)
     save_checkpoint(self.checkpointer, self.state, self.position)
     self._saved_step = self.step
 

@@ -7,7 +7,9 @@ more than the environment:
     DLOPT_COORDINATOR=10.0.0.1:1234 DLOPT_NUM_PROCESSES=2 DLOPT_PROCESS_ID=0 python train.py
     DLOPT_COORDINATOR=10.0.0.1:1234 DLOPT_NUM_PROCESSES=2 DLOPT_PROCESS_ID=1 python train.py
 
-(`python -m dlopt.launch --num-processes 2 -- train.py` does this on one machine). On
+(`python -m dlopt.launch --num-processes 2 -- train.py` does this on one machine). JAX's
+own variables, `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`, work
+the same (the `DLOPT_` ones win where both are set). On
 clusters JAX knows (Cloud TPU pods, SLURM, Open MPI, Kubernetes) set `DLOPT_DISTRIBUTED=auto`
 instead and JAX reads the cluster's own variables.
 
@@ -31,9 +33,20 @@ ENV_AUTO = "DLOPT_DISTRIBUTED"                 # "auto": let JAX detect the clus
 ENV_HEARTBEAT = "DLOPT_HEARTBEAT_TIMEOUT"      # seconds until a silent process counts as dead
 ENV_INIT_TIMEOUT = "DLOPT_INIT_TIMEOUT"        # seconds to wait for every process to join
 ENV_SHUTDOWN_TIMEOUT = "DLOPT_SHUTDOWN_TIMEOUT"
+# JAX's own names for the first three, read when dlopt's are not set.
+JAX_ENV = {ENV_COORDINATOR: "JAX_COORDINATOR_ADDRESS", ENV_NUM_PROCESSES: "JAX_NUM_PROCESSES",
+           ENV_PROCESS_ID: "JAX_PROCESS_ID"}
+
+
+def _env_name(name: str) -> str:
+  """`name`, or JAX's variable for it when only that one is set."""
+  if not os.environ.get(name) and os.environ.get(JAX_ENV.get(name, "")):
+    return JAX_ENV[name]
+  return name
 
 
 def _env_int(name: str, value: int | None) -> int | None:
+  name = _env_name(name)
   if value is not None or not os.environ.get(name):
     return value
   try:
@@ -52,7 +65,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
   Each argument left None is read from its environment variable (`DLOPT_COORDINATOR`,
   `DLOPT_NUM_PROCESSES`, `DLOPT_PROCESS_ID`, `DLOPT_HEARTBEAT_TIMEOUT`, `DLOPT_INIT_TIMEOUT`,
-  `DLOPT_SHUTDOWN_TIMEOUT`; `DLOPT_DISTRIBUTED=auto` for `auto`). With neither a
+  `DLOPT_SHUTDOWN_TIMEOUT`; `DLOPT_DISTRIBUTED=auto` for `auto`), the first three else
+  from JAX's `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`. With neither a
   coordinator nor `auto`, or with one process, there is nothing to join and nothing happens.
   CPU collectives go through gloo (a no-op for GPU and TPU).
 
@@ -77,7 +91,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   """
   if jax.distributed.is_initialized():
     return True
-  coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR) or None
+  coordinator_address = (coordinator_address or os.environ.get(_env_name(ENV_COORDINATOR))
+                         or None)
   num_processes = _env_int(ENV_NUM_PROCESSES, num_processes)
   process_id = _env_int(ENV_PROCESS_ID, process_id)
   if auto is None:
@@ -96,7 +111,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     raise ValueError(f"process_id must be in [0, {num_processes}); got {process_id}")
   if not auto and (num_processes is None or process_id is None):
     raise ValueError(f"coordinator_address={coordinator_address!r} needs num_processes "
-                     f"({ENV_NUM_PROCESSES}) and process_id ({ENV_PROCESS_ID})")
+                     f"({ENV_NUM_PROCESSES} or {JAX_ENV[ENV_NUM_PROCESSES]}) and process_id "
+                     f"({ENV_PROCESS_ID} or {JAX_ENV[ENV_PROCESS_ID]})")
   timeouts = {
       "heartbeat_timeout_seconds": _env_int(ENV_HEARTBEAT, heartbeat_timeout_seconds),
       "initialization_timeout": _env_int(ENV_INIT_TIMEOUT, initialization_timeout),

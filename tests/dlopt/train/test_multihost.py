@@ -183,6 +183,32 @@ def test_initialize_is_a_no_op_for_one_process_and_checks_its_values(monkeypatch
     distributed.initialize()
 
 
+def test_initialize_reads_jax_own_variables_and_dlopt_ones_win(monkeypatch):
+  for name in ("DLOPT_COORDINATOR", "DLOPT_NUM_PROCESSES", "DLOPT_PROCESS_ID",
+               "DLOPT_DISTRIBUTED", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
+               "JAX_PROCESS_ID"):
+    monkeypatch.delenv(name, raising=False)
+  calls = []
+  monkeypatch.setattr(distributed.jax.distributed, "is_initialized", lambda: False)
+  monkeypatch.setattr(distributed.jax.distributed, "initialize",
+                      lambda *args, **kwargs: calls.append(args))
+  monkeypatch.setattr(distributed.jax.config, "update", lambda *args: None)
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+  with pytest.raises(ValueError, match="process_id \\(DLOPT_PROCESS_ID or JAX_PROCESS_ID\\)"):
+    distributed.initialize()
+  monkeypatch.setenv("JAX_PROCESS_ID", "3")
+  assert distributed.initialize() is True
+  assert calls[-1] == ("10.0.0.1:1234", 4, 3)
+  monkeypatch.setenv("DLOPT_PROCESS_ID", "2")
+  monkeypatch.setenv("DLOPT_COORDINATOR", "10.0.0.2:99")
+  assert distributed.initialize() is True
+  assert calls[-1] == ("10.0.0.2:99", 4, 2)
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "x")
+  with pytest.raises(ValueError, match="JAX_NUM_PROCESSES must be an integer; got 'x'"):
+    distributed.initialize()
+
+
 def test_process_local_wants_batches_with_len_and_one_process_shards_nothing():
   from dlopt.train import ProcessLocal, process_shard
   with pytest.raises(ValueError, match="ProcessLocal needs a re-iterable"):

@@ -1,7 +1,7 @@
 """README's benchmark tables, regenerated from the JSON under bench/results/.
 
     python -m bench tables                   # rewrite the tables in README.md
-    python -m bench tables --check           # exit 1 if README.md is not up to date
+    python -m bench tables --check           # exit 1 if README.md or a chart is not up to date
     python -m bench tables --results DIR --readme PATH
 
 Each table sits between two marker comments in README.md,
@@ -11,6 +11,8 @@ the second time. Blocks: `results` (default trainer, fit vs a hand loop), `peers
 (throughput and time to accuracy of Keras, PyTorch, Flax and dlopt), `attention` and
 `conv` (the CPU kernel benchmarks), `checkpoint-save` (step time and memory around a
 checkpoint save). A result that is missing gives a line saying which command writes it.
+The charts README shows under the tables (`bench.charts`) are redrawn into the results
+directory at the same time.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import re
 from pathlib import Path
 
+from bench import charts
 from bench._env import RESULTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,18 +40,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-  """Rewrites the marked blocks of `args.readme` (or checks them)."""
+  """Rewrites the marked blocks of `args.readme` and the charts (or checks them)."""
   text = args.readme.read_text()
   new, names = regenerate(text, args.results)
+  drawn = charts.update(args.results, write=not args.check)
+  changed = [path.name for path, stale in drawn if stale]
+  listed = f"charts: {len(drawn)} drawn, {'stale' if args.check else 'rewrote'}: " + (
+      ", ".join(changed) or "none")
   if args.check:
     stale = new != text
     print(f"{args.readme}: {'out of date' if stale else 'up to date'} "
-          f"(blocks: {', '.join(names) or 'none'})")
-    return int(stale)
+          f"(blocks: {', '.join(names) or 'none'}); {listed}")
+    return int(stale or bool(changed))
   if new != text:
     args.readme.write_text(new)
   print(f"{args.readme}: {'rewrote' if new != text else 'unchanged'} "
-        f"(blocks: {', '.join(names) or 'none'})")
+        f"(blocks: {', '.join(names) or 'none'}); {listed}")
   return 0
 
 

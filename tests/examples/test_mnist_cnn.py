@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import chex
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -122,7 +123,6 @@ def test_stopped_mid_epoch_then_resumed_ends_bit_exact(tmp_path, unbroken_run, s
   assert resumed.returncode == 0, resumed.stderr
   a, b = _final_params(unbroken_run), _final_params(stopped)
   for key in ("params", "opt_state", "step", "rng"):
-    for la, lb in zip(jax.tree.leaves(a[key]), jax.tree.leaves(b[key]), strict=True):
-      np.testing.assert_array_equal(la, lb)
+    chex.assert_trees_all_equal(a[key], b[key])
   lines = (stopped / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]

@@ -4,6 +4,7 @@ logs, plots, and clear errors for bad input."""
 import json
 import shutil
 
+import chex
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -27,8 +28,7 @@ def _mlp():
 
 
 def _assert_same_params(a, b):
-  for la, lb in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_array_equal(np.asarray(la), np.asarray(lb))
+  chex.assert_trees_all_equal(a, b)
 
 
 def test_mlp_learns_digits_and_reports_metrics(digits):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import chex
 import flax.linen as nn
 import jax
 import numpy as np
@@ -40,8 +41,7 @@ def _mlp():
 
 
 def _assert_same_trees(a, b):
-  for la, lb in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_array_equal(np.asarray(la), np.asarray(lb))
+  chex.assert_trees_all_equal(a, b)
 
 
 def test_a_users_optax_chain_trains_and_logs_its_injected_learning_rate(digits):

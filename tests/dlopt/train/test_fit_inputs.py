@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -98,8 +99,7 @@ def test_augment_runs_on_every_training_batch_with_fresh_keys():
   steps = int(a.state.step)
   assert len(seen) == 2 * steps  # every step of both runs
   assert len({k.tobytes() for k in seen[:steps]}) == steps  # a fresh key per step
-  for la, lb in zip(jax.tree.leaves(a.state.params), jax.tree.leaves(b.state.params)):
-    np.testing.assert_array_equal(np.asarray(la), np.asarray(lb))  # same seed, same run
+  chex.assert_trees_all_equal(a.state.params, b.state.params)  # same seed, same run
   plain = fit(MLP(widths=(16,), num_outputs=10), (x, y), optimizer=ADAM, config=config)
   assert not np.allclose(np.asarray(jax.tree.leaves(plain.state.params)[0]),
                          np.asarray(jax.tree.leaves(a.state.params)[0]))

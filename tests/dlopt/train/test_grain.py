@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import chex
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -125,5 +126,4 @@ def test_a_grain_fed_run_killed_mid_epoch_resumes_bit_exact(tmp_path):
   (step_a, a), (step_b, b) = _final_params(tmp_path / "unbroken"), _final_params(stopped_dir)
   assert step_a == step_b == 4 * 28
   for key in ("params", "opt_state", "step", "rng"):
-    for la, lb in zip(jax.tree.leaves(a[key]), jax.tree.leaves(b[key]), strict=True):
-      np.testing.assert_array_equal(la, lb)
+    chex.assert_trees_all_equal(a[key], b[key])

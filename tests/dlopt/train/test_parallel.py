@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -103,9 +104,8 @@ def test_one_device_mesh_and_pmap_match_the_plain_step():
                                      parallel=mode))
           for mode in ("none", "mesh", "pmap")}
   for mode in ("mesh", "pmap"):
-    for a, b in zip(jax.tree.leaves(runs["none"].state.params),
-                    jax.tree.leaves(runs[mode].state.params), strict=True):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=TOL, rtol=TOL)
+    chex.assert_trees_all_close(runs["none"].state.params, runs[mode].state.params,
+                                atol=TOL, rtol=TOL)
     assert runs[mode].history[-1]["val_loss"] == pytest.approx(
         runs["none"].history[-1]["val_loss"], rel=TOL)
 

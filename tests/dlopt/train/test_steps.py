@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,8 +27,7 @@ def _state(model=None, tx=None, seed=0, ema=False, x=None):
 
 def test_same_seed_same_state_different_seed_different_params():
   a, b, c = _state(seed=1), _state(seed=1), _state(seed=2)
-  for la, lb in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-    np.testing.assert_array_equal(la, lb)
+  chex.assert_trees_all_equal(a.params, b.params)
   assert not np.array_equal(a.params["Dense_0"]["kernel"], c.params["Dense_0"]["kernel"])
 
 
@@ -37,8 +37,7 @@ def test_train_step_is_pure_and_lowers_the_loss():
   once_a, m_a = step(state, batch)
   once_b, m_b = step(state, batch)
   np.testing.assert_array_equal(m_a["loss"], m_b["loss"])
-  for la, lb in zip(jax.tree.leaves(once_a.params), jax.tree.leaves(once_b.params)):
-    np.testing.assert_array_equal(la, lb)
+  chex.assert_trees_all_equal(once_a.params, once_b.params)
   assert int(once_a.step) == 1 and int(state.step) == 0
   losses = []
   for _ in range(30):

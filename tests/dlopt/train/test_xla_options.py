@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,8 +48,7 @@ def test_train_step_with_the_options_matches_the_default_step():
     for _ in range(3):
       state, metrics = step(state, (x, y))
     results.append((state.params, metrics))
-  for got, want in zip(jax.tree.leaves(results[1]), jax.tree.leaves(results[0])):
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(results[1], results[0], rtol=1e-5, atol=1e-6)
 
 
 def test_docstring_synopsis_runs():

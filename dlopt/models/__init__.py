@@ -31,6 +31,7 @@ from dlopt.models.linear import LinearRegression
 from dlopt.models.mlp import MLP
 from dlopt.models.recurrent import RecurrentClassifier
 from dlopt.models.recurrent import RecurrentStack
+from dlopt.models.summary import summary
 from dlopt.models.transformer import DecoderLM
 from dlopt.models.transformer import TransformerBlock
 from dlopt.models.transformer import TransformerEncoderClassifier
@@ -48,4 +49,5 @@ __all__ = [
     "TransformerBlock",
     "TransformerEncoderClassifier",
     "count_params",
+    "summary",
 ]

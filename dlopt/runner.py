@@ -1,5 +1,7 @@
 """What every example trainer shares: run flags, `--tiny` overrides, a clean fit, a summary.
 
+`run_fit` prints the model's layers first (`dlopt.models.summary` on one training example).
+
 An example is a thin script: it declares its configs, loads its data and calls these.
 
 >>> from dlopt.cli import ConfigParser
@@ -25,6 +27,7 @@ import jax
 
 from dlopt.cli import ConfigParser
 from dlopt.models import count_params
+from dlopt.models import summary as model_summary
 from dlopt.train import FitResult, Interrupted, fit
 
 __all__ = ["add_run_flags", "unless_given", "run_directory", "run_fit", "write_summary",
@@ -60,7 +63,15 @@ def run_fit(parser: ConfigParser, model, data, *, workdir: Path, resume: bool = 
             **fit_kwargs) -> tuple[FitResult, float]:
   """`dlopt.train.fit` as a script runs it: bad configs exit with one clear line (code 2);
   Ctrl-C or SIGTERM saves, says how to resume and exits with 128 + the signal's number
-  (130, 143). Returns `(result, seconds)`."""
+  (130, 143). Returns `(result, seconds)`. Process 0 first prints the model's summary on the
+  first training example, once per model."""
+  if jax.process_index() == 0 and repr(model) not in _SUMMARIZED:
+    _SUMMARIZED.add(repr(model))
+    try:
+      # Two levels: blocks and their layers, not the insides of a cell or an attention.
+      print(model_summary(model, *_sample_inputs(data), depth=2), flush=True)
+    except Exception as error:  # noqa: BLE001 - a summary is never worth stopping a run
+      print(f"(no model summary: {type(error).__name__}: {error})", flush=True)
   started = time.perf_counter()
   try:
     result = fit(model, data, workdir=workdir, resume=resume, **fit_kwargs)
@@ -72,6 +83,19 @@ def run_fit(parser: ConfigParser, model, data, *, workdir: Path, resume: bool = 
   except ValueError as error:
     parser.error(str(error))
   return result, time.perf_counter() - started
+
+
+_SUMMARIZED: set[str] = set()  # repr of each model whose summary run_fit printed
+
+
+def _sample_inputs(data) -> tuple:
+  """The model's positional inputs for one example of `fit`'s `data`: `(x[:1],)` of an
+  `(x, y)` pair, one `[:1]` per array of a tuple `x`; else of a batch source's `sample()` or
+  an iterable's first batch."""
+  if not (isinstance(data, tuple) and len(data) == 2):
+    data = data.sample() if hasattr(data, "sample") else next(iter(data))
+  x = jax.tree.map(lambda leaf: leaf[:1], data[0])
+  return x if isinstance(x, tuple) else (x,)
 
 
 def fit_summary(result: FitResult, seconds: float) -> dict[str, Any]:

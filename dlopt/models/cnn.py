@@ -15,6 +15,7 @@
 """
 
 from collections.abc import Sequence
+import functools
 
 import flax.linen as nn
 import jax
@@ -38,12 +39,16 @@ def _check_norm(norm: str) -> None:
 
 def _norm_layer(norm: str, norm_groups: int, train: bool,
                 name: str | None = None,
-                axis_name: str | None = None) -> nn.Module:
+                axis_name: str | None = None, dtype=None,
+                param_dtype=jnp.float32) -> nn.Module:
+  # Flax's norms compute their mean and variance in at least float32 and keep
+  # batch norm's running averages in float32, whatever `dtype`.
   if norm == "batch":
     return nn.BatchNorm(use_running_average=not train,
                         momentum=BATCH_NORM_MOMENTUM, axis_name=axis_name,
-                        name=name)
-  return nn.GroupNorm(num_groups=norm_groups, name=name)
+                        dtype=dtype, param_dtype=param_dtype, name=name)
+  return nn.GroupNorm(num_groups=norm_groups, dtype=dtype,
+                      param_dtype=param_dtype, name=name)
 
 
 class CNN(nn.Module):
@@ -63,6 +68,11 @@ class CNN(nn.Module):
       its bias, relu and pool ("auto", "xla", "xla_gemm", "pallas", ...).
     padding: the convs' padding, "SAME" (keeps height and width) or "VALID"
       (shrinks them by 2, as Keras' `Conv2D` does by default).
+    dtype: the computation dtype of every layer (jnp.bfloat16 for mixed
+      precision); None promotes the inputs' and parameters' dtypes, as Flax
+      layers do. bfloat16 needs no loss scaling: it has float32's exponent
+      range.
+    param_dtype: the parameters' dtype (float32 also with a bfloat16 `dtype`).
   """
 
   num_classes: int = 10
@@ -71,6 +81,8 @@ class CNN(nn.Module):
   dropout_rate: float = 0.0
   conv_impl: str = "auto"
   padding: str = "SAME"
+  dtype: jnp.dtype | None = None
+  param_dtype: jnp.dtype = jnp.float32
 
   def __post_init__(self):
     self.features = tuple(self.features)
@@ -81,6 +93,7 @@ class CNN(nn.Module):
     check_conv_impl(self.conv_impl)
     if self.padding not in _PADDINGS:
       raise ValueError(f"padding must be one of {_PADDINGS}; got padding={self.padding!r}")
+    _utils.check_dtypes(self)
     super().__post_init__()
 
   @nn.compact
@@ -93,7 +106,9 @@ class CNN(nn.Module):
         `dropout_rate > 0`).
 
     Returns:
-      Logits [batch, num_classes], float32 for float32 inputs.
+      Logits [batch, num_classes], float32 whatever `dtype` computed them
+      (cast at the end, as MaxText's `cast_logits_to_fp32` does), so the loss
+      runs in float32.
 
     Raises:
       ValueError: if `x` is not 4-D.
@@ -102,11 +117,13 @@ class CNN(nn.Module):
     for i, f in enumerate(self.features):
       # Named as flax.linen.Conv would be, so parameter trees match nn.Conv's.
       x = FusedConv(f, (3, 3), padding=self.padding, activation="relu", pool=2,
-                    impl=self.conv_impl, name=f"Conv_{i}")(x)
+                    impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype,
+                    name=f"Conv_{i}")(x)
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
     x = x.reshape(x.shape[0], -1)
-    x = nn.relu(nn.Dense(self.dense_width)(x))
+    x = nn.relu(dense(self.dense_width)(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes)(x)
+    return _utils.float32_logits(dense(self.num_classes)(x))
 
 
 class ResidualBlock(nn.Module):
@@ -132,6 +149,11 @@ class ResidualBlock(nn.Module):
     norm_axis_name: with `norm="batch"`, the mapped device axis over which
       batch statistics are averaged in per-device code (`jax.pmap`,
       `jax.shard_map`), so that they are the global batch's; None: local.
+    dtype: the computation dtype of every layer (jnp.bfloat16 for mixed
+      precision); None promotes the inputs' and parameters' dtypes, as Flax
+      layers do. bfloat16 needs no loss scaling: it has float32's exponent
+      range.
+    param_dtype: the parameters' dtype (float32 also with a bfloat16 `dtype`).
   """
 
   features: int
@@ -140,6 +162,8 @@ class ResidualBlock(nn.Module):
   norm_groups: int = 8
   conv_impl: str = "auto"
   norm_axis_name: str | None = None
+  dtype: jnp.dtype | None = None
+  param_dtype: jnp.dtype = jnp.float32
 
   def __post_init__(self):
     _utils.check_positive("features", self.features)
@@ -151,47 +175,47 @@ class ResidualBlock(nn.Module):
           f"norm_groups must divide features when norm='group'; "
           f"got {self.norm_groups=}, {self.features=}")
     check_conv_impl(self.conv_impl)
+    _utils.check_dtypes(self)
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """Applies the block.
 
     Args:
       x: float feature maps [batch, height, width, channels].
       train: batch norm uses batch statistics and updates 'batch_stats' when
-        true, running averages when false.
+        true, running averages when false. It may be passed by position, as
+        `nn.remat(ResidualBlock, static_argnums=(2,))` needs it.
 
     Returns:
       Feature maps [batch, ceil(height / strides), ceil(width / strides),
-      features].
+      features], in the computation dtype (`dtype`, or the promoted one).
 
     Raises:
       ValueError: if `x` is not 4-D.
     """
     _utils.check_ndim("ResidualBlock", x, 4, _IMAGES)
     fused = self.norm == "none"
-    residual = x
+    conv = functools.partial(FusedConv, impl=self.conv_impl, dtype=self.dtype,
+                             param_dtype=self.param_dtype)
+    norm = functools.partial(_norm_layer, self.norm, self.norm_groups, train,
+                             axis_name=self.norm_axis_name, dtype=self.dtype,
+                             param_dtype=self.param_dtype)
+    residual = _utils.cast_dtype(x, self.dtype)
     if self.strides != 1 or x.shape[-1] != self.features:
-      residual = FusedConv(self.features, (1, 1), self.strides, padding="VALID",
-                           use_bias=fused, impl=self.conv_impl,
-                           name="proj_conv")(x)
+      residual = conv(self.features, (1, 1), self.strides, padding="VALID",
+                      use_bias=fused, name="proj_conv")(x)
       if not fused:
-        residual = _norm_layer(self.norm, self.norm_groups, train,
-                               "proj_norm", self.norm_axis_name)(residual)
-    y = FusedConv(self.features, (3, 3), self.strides, use_bias=fused,
-                  activation="relu" if fused else None, impl=self.conv_impl,
-                  name="conv1")(x)
+        residual = norm("proj_norm")(residual)
+    y = conv(self.features, (3, 3), self.strides, use_bias=fused,
+             activation="relu" if fused else None, name="conv1")(x)
     if fused:
-      return FusedConv(self.features, (3, 3), activation="relu",
-                       impl=self.conv_impl, name="conv2",
-                       kernel_init=nn.initializers.zeros_init())(y, residual)
-    y = nn.relu(_norm_layer(self.norm, self.norm_groups, train, "norm1",
-                            self.norm_axis_name)(y))
-    y = FusedConv(self.features, (3, 3), use_bias=False, impl=self.conv_impl,
-                  name="conv2")(y)
-    y = _norm_layer(self.norm, self.norm_groups, train, "norm2",
-                    self.norm_axis_name)(y)
+      return conv(self.features, (3, 3), activation="relu", name="conv2",
+                  kernel_init=nn.initializers.zeros_init())(y, residual)
+    y = nn.relu(norm("norm1")(y))
+    y = conv(self.features, (3, 3), use_bias=False, name="conv2")(y)
+    y = norm("norm2")(y)
     return nn.relu(y + residual)
 
 
@@ -224,6 +248,14 @@ class ResidualCNN(nn.Module):
       `jax.shard_map`; `dlopt.train.fit` sets it in its pmap mode); None:
       statistics of the batch the module sees (under `jax.jit` over a mesh
       that is the global batch already).
+    dtype: the computation dtype of every layer (jnp.bfloat16 for mixed
+      precision); None promotes the inputs' and parameters' dtypes, as Flax
+      layers do. bfloat16 needs no loss scaling: it has float32's exponent
+      range.
+    param_dtype: the parameters' dtype (float32 also with a bfloat16 `dtype`).
+    remat: rematerialize each residual block (`nn.remat`): its activations
+      are recomputed in the backward pass instead of kept from the forward
+      one, trading compute for memory. Same parameters, outputs and gradients.
   """
 
   num_classes: int = 10
@@ -235,6 +267,9 @@ class ResidualCNN(nn.Module):
   dropout_rate: float = 0.0
   conv_impl: str = "auto"
   norm_axis_name: str | None = None
+  dtype: jnp.dtype | None = None
+  param_dtype: jnp.dtype = jnp.float32
+  remat: bool = False
 
   def __post_init__(self):
     self.stage_features = tuple(self.stage_features)
@@ -259,6 +294,8 @@ class ResidualCNN(nn.Module):
             f"{self.stem_features=}, {self.stage_features=}")
     _utils.check_dropout_rate(self.dropout_rate)
     check_conv_impl(self.conv_impl)
+    _utils.check_dtypes(self)
+    _utils.check_bool("remat", self.remat)
     super().__post_init__()
 
   @nn.compact
@@ -272,26 +309,32 @@ class ResidualCNN(nn.Module):
         `dropout_rate > 0`); otherwise running averages and no dropout.
 
     Returns:
-      Logits [batch, num_classes], float32 for float32 inputs.
+      Logits [batch, num_classes], float32 whatever `dtype` computed them
+      (cast at the end, as MaxText's `cast_logits_to_fp32` does), so the loss
+      runs in float32.
 
     Raises:
       ValueError: if `x` is not 4-D.
     """
     _utils.check_ndim("ResidualCNN", x, 4, _IMAGES)
     fused = self.norm == "none"
+    dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
     x = FusedConv(self.stem_features, (3, 3), use_bias=fused,
                   activation="relu" if fused else None, impl=self.conv_impl,
-                  name="stem_conv")(x)
+                  name="stem_conv", **dtypes)(x)
     if not fused:
       x = nn.relu(_norm_layer(self.norm, self.norm_groups, train, "stem_norm",
-                              self.norm_axis_name)(x))
+                              self.norm_axis_name, **dtypes)(x))
+    # static_argnums counts `self` as 0: `train` (argument 2) stays a Python bool.
+    block_cls = (nn.remat(ResidualBlock, static_argnums=(2,)) if self.remat
+                 else ResidualBlock)
     for i, (features, blocks) in enumerate(
         zip(self.stage_features, self.blocks_per_stage)):
       for j in range(blocks):
         strides = 2 if i > 0 and j == 0 else 1
-        x = ResidualBlock(features, strides, self.norm, self.norm_groups,
-                          self.conv_impl, self.norm_axis_name,
-                          name=f"stage{i}_block{j}")(x, train=train)
+        x = block_cls(features, strides, self.norm, self.norm_groups,
+                      self.conv_impl, self.norm_axis_name, **dtypes,
+                      name=f"stage{i}_block{j}")(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, name="head")(x)
+    return _utils.float32_logits(nn.Dense(self.num_classes, name="head", **dtypes)(x))

@@ -11,6 +11,7 @@
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from dlopt.models import _utils
 
@@ -22,12 +23,19 @@ class LinearRegression(nn.Module):
 
   Attributes:
     features: number of outputs per example, >= 1.
+    dtype: the computation dtype (jnp.bfloat16 for mixed precision); None
+      promotes the inputs' and parameters' dtypes, as `nn.Dense` does.
+      bfloat16 needs no loss scaling: it has float32's exponent range.
+    param_dtype: the parameters' dtype (float32 also with a bfloat16 `dtype`).
   """
 
   features: int = 1
+  dtype: jnp.dtype | None = None
+  param_dtype: jnp.dtype = jnp.float32
 
   def __post_init__(self):
     _utils.check_positive("features", self.features)
+    _utils.check_dtypes(self)
     super().__post_init__()
 
   @nn.compact
@@ -39,11 +47,13 @@ class LinearRegression(nn.Module):
       train: unused; accepted so that one train step drives every model.
 
     Returns:
-      Predictions [batch, features], float32 for float32 inputs.
+      Predictions [batch, features], float32 whatever `dtype` computed them
+      (cast at the end), so the loss runs in float32.
 
     Raises:
       ValueError: if `x` is not 2-D.
     """
     del train
     _utils.check_ndim("LinearRegression", x, 2, "[batch, in_features]")
-    return nn.Dense(self.features)(x)
+    y = nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+    return _utils.float32_logits(y)

@@ -13,9 +13,11 @@
 """
 
 from collections.abc import Callable, Sequence
+import functools
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from dlopt.models import _utils
 
@@ -42,12 +44,19 @@ class MLP(nn.Module):
     activation: one of the names in `ACTIVATIONS`.
     dropout_rate: dropout after every hidden activation, 0 <= rate < 1;
       active only when `train=True`, drawing from the 'dropout' RNG stream.
+    dtype: the computation dtype of every layer (jnp.bfloat16 for mixed
+      precision); None promotes the inputs' and parameters' dtypes, as Flax
+      layers do. bfloat16 needs no loss scaling: it has float32's exponent
+      range.
+    param_dtype: the parameters' dtype (float32 also with a bfloat16 `dtype`).
   """
 
   widths: Sequence[int] = (64, 64)
   num_outputs: int = 10
   activation: str = "relu"
   dropout_rate: float = 0.0
+  dtype: jnp.dtype | None = None
+  param_dtype: jnp.dtype = jnp.float32
 
   def __post_init__(self):
     self.widths = tuple(self.widths)
@@ -58,6 +67,7 @@ class MLP(nn.Module):
           f"activation must be one of {tuple(ACTIVATIONS)}; "
           f"got activation={self.activation!r}")
     _utils.check_dropout_rate(self.dropout_rate)
+    _utils.check_dtypes(self)
     super().__post_init__()
 
   @nn.compact
@@ -71,7 +81,9 @@ class MLP(nn.Module):
         `dropout_rate > 0`).
 
     Returns:
-      Logits [batch, num_outputs], float32 for float32 inputs.
+      Logits [batch, num_outputs], float32 whatever `dtype` computed them (cast
+      at the end, as MaxText's `cast_logits_to_fp32` does), so the loss runs
+      in float32.
 
     Raises:
       ValueError: if `x` has fewer than 2 dimensions.
@@ -81,7 +93,8 @@ class MLP(nn.Module):
           f"MLP expects inputs [batch, ...] with ndim >= 2; got {x.shape=}")
     act = ACTIVATIONS[self.activation]
     x = x.reshape(x.shape[0], -1)
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
     for width in self.widths:
-      x = act(nn.Dense(width)(x))
+      x = act(dense(width)(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_outputs)(x)
+    return _utils.float32_logits(dense(self.num_outputs)(x))

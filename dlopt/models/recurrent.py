@@ -17,6 +17,8 @@ change nothing, and the stack's outputs there are zero.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -38,9 +40,7 @@ def _check_cell(cell: str) -> None:
     raise ValueError(f"cell must be one of {tuple(CELLS)}; got cell={cell!r}")
 
 
-def _check_bool(name: str, value: bool) -> None:
-  if not isinstance(value, bool):
-    raise ValueError(f"{name} must be a bool; got {name}={value!r}")
+_check_bool = _utils.check_bool
 
 
 def _check_inputs(model: str, x: jax.Array,
@@ -82,6 +82,12 @@ class RecurrentStack(nn.Module):
     bidirectional: add a backward direction to every layer.
     dropout_rate: dropout between layers, 0 <= rate < 1; active only with
       `train=True`, drawing from the 'dropout' RNG stream.
+    dtype: the computation dtype of the cells' and head's matmuls
+      (jnp.bfloat16 for mixed precision); None promotes the inputs' and
+      parameters' dtypes, as Flax layers do. Flax's cells start their state
+      in `param_dtype`, so with float32 parameters the recurrent state stays
+      float32. bfloat16 needs no loss scaling: it has float32's exponent range.
+    param_dtype: the parameters' dtype (float32 also with a bfloat16 `dtype`).
   """
 
   hidden_size: int
@@ -89,6 +95,8 @@ class RecurrentStack(nn.Module):
   cell: str = "lstm"
   bidirectional: bool = False
   dropout_rate: float = 0.0
+  dtype: jnp.dtype | None = None
+  param_dtype: jnp.dtype = jnp.float32
 
   def __post_init__(self):
     _utils.check_positive("hidden_size", self.hidden_size)
@@ -96,6 +104,7 @@ class RecurrentStack(nn.Module):
     _check_cell(self.cell)
     _check_bool("bidirectional", self.bidirectional)
     _utils.check_dropout_rate(self.dropout_rate)
+    _utils.check_dtypes(self)
     super().__post_init__()
 
   @property
@@ -117,7 +126,8 @@ class RecurrentStack(nn.Module):
         when `dropout_rate > 0` and `num_layers > 1`).
 
     Returns:
-      Outputs [B, T, H], float32 for float32 inputs; H
+      Outputs [B, T, H], the cells' hidden states: float32 for float32
+      inputs or parameters (Flax's cells keep their state in `param_dtype`); H
       `hidden_size` (`2 * hidden_size` if bidirectional, forward features
       first); zero at padded steps. The output of the backward direction at
       step 0 is its state after reading the whole valid sequence.
@@ -126,7 +136,8 @@ class RecurrentStack(nn.Module):
       ValueError: if `x` is not float [B, T, F] or `lengths` is not int [B].
     """
     lengths = _check_inputs("RecurrentStack", x, lengths)
-    cell_cls = CELLS[self.cell]
+    cell_cls = functools.partial(CELLS[self.cell], dtype=self.dtype,
+                                 param_dtype=self.param_dtype)
     valid = None if lengths is None else _valid_mask(lengths, x.shape[1])[..., None]
     h = x
     for i in range(self.num_layers):
@@ -165,6 +176,12 @@ class RecurrentClassifier(nn.Module):
     dropout_rate: dropout between layers and before the head, 0 <= rate < 1;
       active only with `train=True` ('dropout' RNG stream).
     pooling: "last" or "mean".
+    dtype: the computation dtype of the cells' and head's matmuls
+      (jnp.bfloat16 for mixed precision); None promotes the inputs' and
+      parameters' dtypes, as Flax layers do. Flax's cells start their state
+      in `param_dtype`, so with float32 parameters the recurrent state stays
+      float32. bfloat16 needs no loss scaling: it has float32's exponent range.
+    param_dtype: the parameters' dtype (float32 also with a bfloat16 `dtype`).
   """
 
   num_classes: int
@@ -174,6 +191,8 @@ class RecurrentClassifier(nn.Module):
   bidirectional: bool = False
   dropout_rate: float = 0.0
   pooling: str = "last"
+  dtype: jnp.dtype | None = None
+  param_dtype: jnp.dtype = jnp.float32
 
   def __post_init__(self):
     _utils.check_positive("num_classes", self.num_classes)
@@ -185,6 +204,7 @@ class RecurrentClassifier(nn.Module):
     if self.pooling not in RECURRENT_POOLINGS:
       raise ValueError(f"pooling must be one of {RECURRENT_POOLINGS}; "
                        f"got pooling={self.pooling!r}")
+    _utils.check_dtypes(self)
     super().__post_init__()
 
   @nn.compact
@@ -201,7 +221,9 @@ class RecurrentClassifier(nn.Module):
         `dropout_rate > 0`).
 
     Returns:
-      Logits [B, num_classes], float32 for float32 inputs.
+      Logits [B, num_classes], float32 whatever `dtype` computed them (cast
+      at the end, as MaxText's `cast_logits_to_fp32` does), so the loss runs
+      in float32.
 
     Raises:
       ValueError: if `x` is not float [B, T, F] or `lengths` is not int [B].
@@ -210,7 +232,8 @@ class RecurrentClassifier(nn.Module):
     batch, length = x.shape[:2]
     h = RecurrentStack(hidden_size=self.hidden_size, num_layers=self.num_layers,
                        cell=self.cell, bidirectional=self.bidirectional,
-                       dropout_rate=self.dropout_rate, name="stack")(
+                       dropout_rate=self.dropout_rate, dtype=self.dtype,
+                       param_dtype=self.param_dtype, name="stack")(
                            x, lengths, train=train)             # [B, T, D], zero if padded
     if lengths is None:
       lengths = jnp.full((batch,), length, jnp.int32)
@@ -226,4 +249,6 @@ class RecurrentClassifier(nn.Module):
       else:
         pooled = forward
     pooled = nn.Dropout(self.dropout_rate, deterministic=not train)(pooled)
-    return nn.Dense(self.num_classes, name="head")(pooled)
+    head = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                    name="head")
+    return _utils.float32_logits(head(pooled))

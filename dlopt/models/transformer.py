@@ -54,6 +54,14 @@ def _check_stack(model) -> None:
   _check_mlp_ratio(model.mlp_ratio)
   _utils.check_dropout_rate(model.dropout_rate)
   check_attention_impl(model.attention_impl)
+  _utils.check_dtypes(model)
+  _utils.check_bool("remat", model.remat)
+
+
+def _block_class(remat: bool) -> type[nn.Module]:
+  """`TransformerBlock`, or it under `nn.remat` (`train`, argument 2 counting `self`,
+  static)."""
+  return nn.remat(TransformerBlock, static_argnums=(2,)) if remat else TransformerBlock
 
 
 def _check_length(model: str, length: int, max_len: int) -> None:
@@ -77,6 +85,11 @@ class TransformerBlock(nn.Module):
     attention_impl: the `impl` of `kernels.attention`.
     rope_base: rotary position embeddings in the attention with this base;
       None for none.
+    dtype: the computation dtype of every layer (jnp.bfloat16 for mixed
+      precision); None promotes the inputs' and parameters' dtypes, as Flax
+      layers do. LayerNorm computes its statistics in float32 either way.
+      bfloat16 needs no loss scaling: it has float32's exponent range.
+    param_dtype: the parameters' dtype (float32 also with a bfloat16 `dtype`).
   """
 
   num_heads: int
@@ -86,6 +99,8 @@ class TransformerBlock(nn.Module):
   causal: bool = False
   attention_impl: str = "auto"
   rope_base: float | None = None
+  dtype: jnp.dtype | None = None
+  param_dtype: jnp.dtype = jnp.float32
 
   def __post_init__(self):
     _utils.check_positive("num_heads", self.num_heads)
@@ -94,37 +109,42 @@ class TransformerBlock(nn.Module):
     _utils.check_dropout_rate(self.dropout_rate)
     check_attention_impl(self.attention_impl)
     check_rope_base(self.rope_base)
+    _utils.check_dtypes(self)
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool = False, mask: jax.Array | None = None,
+  def __call__(self, x: jax.Array, train: bool = False, *, mask: jax.Array | None = None,
                lengths: jax.Array | None = None, segment_ids: jax.Array | None = None,
                positions: jax.Array | None = None) -> jax.Array:
     """Runs the block.
 
     Args:
       x: float [B, T, F].
-      train: enables dropout.
+      train: enables dropout. It may be passed by position, as
+        `nn.remat(TransformerBlock, static_argnums=(2,))` needs it.
       mask, lengths, segment_ids, positions: as in
         `MultiHeadSelfAttention.__call__`.
 
     Returns:
-      [B, T, F].
+      [B, T, F] in the computation dtype (`dtype`, or with None the dtype of
+      `x` promoted with `param_dtype`).
     """
     _utils.check_ndim("TransformerBlock", x, 3, "inputs [batch, seq, features]")
     width = x.shape[-1]
     hidden = max(1, round(self.mlp_ratio * width))
-    y = nn.LayerNorm(name="ln_attn")(x)
+    dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+    x = _utils.cast_dtype(x, self.dtype)                        # the residual stream
+    y = nn.LayerNorm(name="ln_attn", **dtypes)(x)
     y = MultiHeadSelfAttention(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
                                causal=self.causal, dropout_rate=self.dropout_rate,
                                attention_impl=self.attention_impl,
-                               rope_base=self.rope_base, name="attention")(
+                               rope_base=self.rope_base, name="attention", **dtypes)(
                                    y, train=train, mask=mask, lengths=lengths,
                                    segment_ids=segment_ids, positions=positions)
     x = x + y
-    y = nn.LayerNorm(name="ln_mlp")(x)
-    y = nn.gelu(nn.Dense(hidden, name="mlp_in")(y))             # [B, T, hidden]
-    y = nn.Dense(width, name="mlp_out")(y)                      # [B, T, F]
+    y = nn.LayerNorm(name="ln_mlp", **dtypes)(x)
+    y = nn.gelu(nn.Dense(hidden, name="mlp_in", **dtypes)(y))   # [B, T, hidden]
+    y = nn.Dense(width, name="mlp_out", **dtypes)(y)            # [B, T, F]
     y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
     return x + y
 
@@ -151,6 +171,15 @@ class TransformerEncoderClassifier(nn.Module):
     pooling: "mean" or "cls".
     attention_impl: the `impl` of `kernels.attention`.
     vocab_size: the token vocabulary for integer inputs; None for feature inputs only.
+    dtype: the computation dtype of every layer (jnp.bfloat16 for mixed
+      precision); None promotes the inputs' and parameters' dtypes, as Flax
+      layers do. LayerNorm computes its statistics in float32 either way.
+      bfloat16 needs no loss scaling: it has float32's exponent range.
+    param_dtype: the parameters' dtype (float32 also with a bfloat16 `dtype`).
+    remat: rematerialize each `TransformerBlock` (`nn.remat`): its
+      activations are recomputed in the backward pass instead of kept from the
+      forward one, trading compute for memory. Same parameters, outputs and
+      gradients.
   """
 
   num_classes: int
@@ -164,6 +193,9 @@ class TransformerEncoderClassifier(nn.Module):
   pooling: str = "mean"
   attention_impl: str = "auto"
   vocab_size: int | None = None
+  dtype: jnp.dtype | None = None
+  param_dtype: jnp.dtype = jnp.float32
+  remat: bool = False
 
   def __post_init__(self):
     _utils.check_positive("num_classes", self.num_classes)
@@ -187,40 +219,45 @@ class TransformerEncoderClassifier(nn.Module):
         change nothing. None: every position is valid.
 
     Returns:
-      Logits float32 [B, num_classes].
+      Logits float32 [B, num_classes], whatever `dtype` computed them (cast
+      at the end, as MaxText's `cast_logits_to_fp32` does), so the loss runs
+      in float32.
 
     Raises:
       ValueError: for inputs of another rank or dtype, token ids without
         `vocab_size`, or a sequence longer than `max_len`.
     """
     name = "TransformerEncoderClassifier"
+    dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
     if jnp.issubdtype(x.dtype, jnp.integer):
       _utils.check_ndim(name, x, 2, "token ids int [batch, seq]")
       if self.vocab_size is None:
         raise ValueError(f"{name} got token ids {x.shape=} {x.dtype}, which need vocab_size; "
                          "got vocab_size=None")
-      h = nn.Embed(self.vocab_size, self.width, embedding_init=_EMBED_INIT, name="embed")(x)
+      h = nn.Embed(self.vocab_size, self.width, embedding_init=_EMBED_INIT, name="embed",
+                   **dtypes)(x)
     else:
       _utils.check_ndim(name, x, 3, "features float [batch, seq, features] or token ids "
                         "int [batch, seq]")
-      h = nn.Dense(self.width, name="input_proj")(x)            # [B, T, W]
+      h = nn.Dense(self.width, name="input_proj", **dtypes)(x)  # [B, T, W]
     batch, length = x.shape[:2]
     if self.pooling == "cls":
-      cls = self.param("cls", _EMBED_INIT, (self.width,))
+      cls = self.param("cls", _EMBED_INIT, (self.width,), self.param_dtype)
       h = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, self.width)).astype(h.dtype), h],
                           axis=1)                               # [B, 1 + T, W]
       if lengths is not None:
         lengths = jnp.asarray(lengths) + 1
     _check_length(name, h.shape[1], self.max_len)
-    pos = self.param("pos_embed", _EMBED_INIT, (self.max_len, self.width))
-    h = h + pos[:h.shape[1]]
+    pos = self.param("pos_embed", _EMBED_INIT, (self.max_len, self.width), self.param_dtype)
+    h = _utils.cast_dtype(h + pos[:h.shape[1]], self.dtype)
     h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    block_cls = _block_class(self.remat)
     for i in range(self.num_layers):
-      h = TransformerBlock(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
-                           mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout_rate,
-                           attention_impl=self.attention_impl, name=f"block_{i}")(
-                               h, train=train, lengths=lengths)
-    h = nn.LayerNorm(name="ln_final")(h)
+      h = block_cls(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
+                    mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout_rate,
+                    attention_impl=self.attention_impl, name=f"block_{i}", **dtypes)(
+                        h, train, lengths=lengths)
+    h = nn.LayerNorm(name="ln_final", **dtypes)(h)
     if self.pooling == "cls":
       pooled = h[:, 0]                                          # [B, W]
     elif lengths is None:
@@ -229,7 +266,7 @@ class TransformerEncoderClassifier(nn.Module):
       valid = jnp.arange(length)[None, :] < jnp.asarray(lengths)[:, None]  # [B, T]
       counts = jnp.maximum(valid.sum(axis=1, keepdims=True), 1)
       pooled = jnp.where(valid[..., None], h, 0).sum(axis=1) / counts
-    return nn.Dense(self.num_classes, name="head")(pooled)
+    return _utils.float32_logits(nn.Dense(self.num_classes, name="head", **dtypes)(pooled))
 
 
 def _segment_positions(segment_ids: jax.Array) -> jax.Array:
@@ -266,6 +303,15 @@ class DecoderLM(nn.Module):
       num_heads` must be even). Rotary positions let attention find
       neighbouring tokens from the first steps, which speeds up early
       training markedly on character-level text.
+    dtype: the computation dtype of every layer (jnp.bfloat16 for mixed
+      precision); None promotes the inputs' and parameters' dtypes, as Flax
+      layers do. LayerNorm computes its statistics in float32 either way.
+      bfloat16 needs no loss scaling: it has float32's exponent range.
+    param_dtype: the parameters' dtype (float32 also with a bfloat16 `dtype`).
+    remat: rematerialize each `TransformerBlock` (`nn.remat`): its
+      activations are recomputed in the backward pass instead of kept from the
+      forward one, trading compute for memory. Same parameters, outputs and
+      gradients.
   """
 
   vocab_size: int
@@ -279,6 +325,9 @@ class DecoderLM(nn.Module):
   attention_impl: str = "auto"
   tie_embeddings: bool = True
   rope_base: float | None = None
+  dtype: jnp.dtype | None = None
+  param_dtype: jnp.dtype = jnp.float32
+  remat: bool = False
 
   def __post_init__(self):
     _utils.check_positive("vocab_size", self.vocab_size)
@@ -304,7 +353,9 @@ class DecoderLM(nn.Module):
         each segment gets the logits it would get alone.
 
     Returns:
-      Logits float32 [B, T, vocab_size].
+      Logits float32 [B, T, vocab_size], whatever `dtype` computed them
+      (cast at the end, as MaxText's `cast_logits_to_fp32` does), so the
+      loss runs in float32.
 
     Raises:
       ValueError: if `tokens` is not int [B, T], T exceeds `max_len`, or
@@ -325,18 +376,23 @@ class DecoderLM(nn.Module):
       positions = _segment_positions(segment_ids)               # [B, T]
     else:
       positions = jnp.arange(length)[None]                      # [1, T]
-    embed = nn.Embed(self.vocab_size, self.width, embedding_init=_EMBED_INIT, name="embed")
+    dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+    embed = nn.Embed(self.vocab_size, self.width, embedding_init=_EMBED_INIT, name="embed",
+                     **dtypes)
     h = embed(tokens)                                           # [B, T, W]
     if self.rope_base is None:
-      h = h + self.param("pos_embed", _EMBED_INIT, (self.max_len, self.width))[positions]
+      pos = self.param("pos_embed", _EMBED_INIT, (self.max_len, self.width), self.param_dtype)
+      h = _utils.cast_dtype(h + pos[positions], self.dtype)
     h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    block_cls = _block_class(self.remat)
     for i in range(self.num_layers):
-      h = TransformerBlock(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
-                           mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout_rate,
-                           causal=True, attention_impl=self.attention_impl,
-                           rope_base=self.rope_base, name=f"block_{i}")(
-                               h, train=train, segment_ids=segment_ids, positions=positions)
-    h = nn.LayerNorm(name="ln_final")(h)
+      h = block_cls(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
+                    mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout_rate,
+                    causal=True, attention_impl=self.attention_impl,
+                    rope_base=self.rope_base, name=f"block_{i}", **dtypes)(
+                        h, train, segment_ids=segment_ids, positions=positions)
+    h = nn.LayerNorm(name="ln_final", **dtypes)(h)
     if self.tie_embeddings:
-      return embed.attend(h)                                    # [B, T, V]
-    return nn.Dense(self.vocab_size, use_bias=False, name="lm_head")(h)
+      return _utils.float32_logits(embed.attend(h))             # [B, T, V]
+    head = nn.Dense(self.vocab_size, use_bias=False, name="lm_head", **dtypes)
+    return _utils.float32_logits(head(h))

@@ -448,7 +448,7 @@ def test_public_api():
   assert sorted(models.__all__) == sorted(
       ["CNN", "DecoderLM", "LinearRegression", "MLP", "MultiHeadSelfAttention",
        "RecurrentClassifier", "RecurrentStack", "ResidualBlock", "ResidualCNN", "TransformerBlock", "TransformerEncoderClassifier",
-       "count_params"])
+       "count_params", "summary"])
   for name in models.__all__:
     assert hasattr(models, name)
 

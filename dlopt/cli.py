@@ -23,6 +23,8 @@ import typing
 from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["ConfigParser", "Parsed"]
 
@@ -65,6 +67,8 @@ def _converter(tp, flag: str):
     convert = lambda text: tuple(item(part) for part in text.split(",") if part.strip())
   elif base is bool:
     convert = _parse_bool
+  elif base is np.dtype:
+    convert = _parse_dtype
   elif base in (int, float, str):
     convert = base
   else:
@@ -89,7 +93,28 @@ def _parse_bool(text: str) -> bool:
 
 
 def _type_name(tp) -> str:
+  base, optional = _unwrap_optional(tp)
+  if base is np.dtype:
+    return "dtype | None" if optional else "dtype"
   return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+# --- dtype fields (a model's `dtype` / `param_dtype`, annotated `jnp.dtype`) --------------
+
+
+def _parse_dtype(text: str) -> np.dtype:
+  """`jnp.dtype` of a name: "bfloat16", "float32", "float16", ..."""
+  try:
+    return jnp.dtype(text.strip())
+  except TypeError:
+    raise ValueError(text) from None
+
+
+def _shown_default(tp, default):
+  """The default as `--help` shows it: a dtype field's by its name ("float32")."""
+  if _unwrap_optional(tp)[0] is np.dtype and default is not None:
+    return jnp.dtype(default).name
+  return ",".join(map(str, default)) if isinstance(default, tuple) else default
 
 
 class ConfigParser:
@@ -134,7 +159,7 @@ class ConfigParser:
       dest = f"{group}.{field.name}"
       tp = hints.get(field.name, str)
       default = getattr(config, field.name)
-      shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+      shown = _shown_default(tp, default)
       text = field.metadata.get("help")  # a field's own help, when its config gives one
       arg_group.add_argument(*names, dest=dest, type=_converter(tp, names[0]),
                              default=argparse.SUPPRESS, metavar=_type_name(tp).upper(),

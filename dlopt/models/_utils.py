@@ -60,7 +60,7 @@ def check_dtype(name: str, value, *, allow_none: bool = False) -> None:
   if value is None and allow_none:
     return
   try:
-    dtype = jnp.dtype(value)
+    dtype = None if value is None else jnp.dtype(value)  # np.dtype(None) is float64
   except TypeError:
     dtype = None
   if dtype is None or not jnp.issubdtype(dtype, jnp.floating):

@@ -20,6 +20,20 @@ batch norm keeps its running statistics in the 'batch_stats' collection.
 Models with batch norm (`ResidualCNN(norm="batch")`) also hold
 `variables["batch_stats"]`; in training, pass `mutable=["batch_stats"]` and
 get `(logits, {"batch_stats": new_stats})` back.
+
+Mixed precision: every model takes `dtype` (the computation dtype; None
+promotes as Flax layers do) and `param_dtype` (float32 by default), passed to
+each of its Flax layers. `dtype=jnp.bfloat16` runs the matmuls and convolutions
+in bfloat16 on float32 parameters; logits come out float32 whatever `dtype`,
+and norm statistics stay float32. bfloat16 needs no loss scaling (it has
+float32's exponent range). `remat=True` on `ResidualCNN` and the transformer
+models recomputes each block's activations in the backward pass (`nn.remat`):
+less memory, same parameters and results.
+
+>>> model = models.MLP(widths=(32,), num_outputs=10, dtype=jnp.bfloat16)
+>>> variables = model.init(jax.random.key(0), x)
+>>> variables["params"]["Dense_0"]["kernel"].dtype, model.apply(variables, x).dtype
+(dtype('float32'), dtype('float32'))
 """
 
 from dlopt.models._utils import count_params

@@ -85,6 +85,9 @@ COMMANDS = {
                                "copied on device first (before), not at all, and now",
                                (3, 1), (),
                                "rounds; each runs every variant once, in a fresh process"),
+    "remat": Command("bench.remat", "remat on and off: compiled train-step memory and step "
+                     "time of a DecoderLM and a ResidualCNN", (3, 1), (),
+                     "interleaved rounds of every variant"),
     "tables": Command("bench.tables", "regenerate README's benchmark tables from the JSON",
                       common=False),
 }

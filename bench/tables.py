@@ -430,6 +430,41 @@ def checkpoint_save_block(results: Path) -> str:
       "process's peak. " + _provenance(record, f", with orbax-checkpoint {orbax}", unit="round"))
 
 
+def remat_block(results: Path) -> str:
+  """Compiled train-step memory and step time with and without `remat`, per model."""
+  record = _load(results, "remat")
+  if record is None:
+    return _missing("remat", "python -m bench remat")
+  rows = ["| model | variant | temporaries, MiB | vs plain | peak, MiB | step, ms | vs plain |",
+          "| --- | --- | --- | --- | --- | --- | --- |"]
+  names = {"plain": "`remat=False`", "remat": "`remat=True` (what `fit` compiles)",
+           "plain_keep_barriers": "`remat=False`, barriers kept",
+           "remat_keep_barriers": "`remat=True`, barriers kept"}
+  for model, entry in record["models"].items():
+    for variant, data in entry["variants"].items():
+      step = {**data["step_s"], **{k: data["step_s"][k] * 1e3 for k in ("min", "median", "max")}}
+      spread = _range(step, ".1f")
+      rows.append(f"| {model} | {names.get(variant, variant)} | "
+                  f"{data['memory']['temp_mib']:,.1f} | {data['temp_vs_plain']:.2f}x | "
+                  f"{data['memory']['peak_mib']:,.1f} | {step['median']:.1f}"
+                  f"{f' ({spread})' if spread else ''} | {data['step_time_vs_plain']:.2f}x |")
+  models = "; ".join(f"{name}: {_cell(entry['description'])}"
+                     for name, entry in record["models"].items())
+  agree = "agree" if record.get("first_step_losses_agree") else "**disagree**"
+  return "\n".join(rows) + (
+      f"\n\n{models}; Adam, dlopt's jitted train step with the state donated, compiled "
+      "with `jax.jit(...).lower(...).compile()`; memory from XLA's `memory_analysis()` "
+      "(temporaries: activations kept for the backward pass and working buffers; peak: "
+      "arguments + outputs + temporaries - donated). \"Barriers kept\": compiled with "
+      f"`{record['keep_barriers_options']}`: on the CPU, XLA removes the optimization "
+      "barriers `jax.checkpoint` sets and then eliminates common subexpressions again, "
+      "which merges the recomputation back into the forward pass, so `remat` alone saves "
+      f"nothing there. The first step's losses of all variants {agree}. Step times: "
+      f"medians (min-max) over rounds of {record['steps_per_round']} steps, the variants "
+      "interleaved. " + _provenance(record, unit="round"))
+
+
 BLOCKS = {"results": results_block, "peers": peers_block, "attention": attention_block,
           "conv": conv_block, "cpu-speed": cpu_speed_block, "gpu-compile": gpu_compile_block,
-          "checkpoint-save": checkpoint_save_block}
+          "checkpoint-save": checkpoint_save_block,
+          "remat": remat_block}

@@ -69,10 +69,18 @@ def check_dtype(name: str, value, *, allow_none: bool = False) -> None:
                      f"got {name}={value!r}")
 
 
-def check_dtypes(model) -> None:
-  """Checks a model's `dtype` (None or floating) and `param_dtype` (floating) fields."""
+def set_dtypes(model) -> None:
+  """Checks a model's `dtype` (None or floating) and `param_dtype` (floating) fields and
+  stores them as `np.dtype`s, so that `jnp.float32`, `"float32"` and
+  `jnp.dtype("float32")` give one field value (one hash, one repr in `config.json`).
+
+  Called from a module's `__post_init__`, before Flax's.
+  """
   check_dtype("dtype", model.dtype, allow_none=True)
   check_dtype("param_dtype", model.param_dtype)
+  if model.dtype is not None:
+    model.dtype = jnp.dtype(model.dtype)
+  model.param_dtype = jnp.dtype(model.param_dtype)
 
 
 def cast_dtype(x: jax.Array, dtype) -> jax.Array:

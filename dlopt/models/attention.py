@@ -101,7 +101,7 @@ class MultiHeadSelfAttention(nn.Module):
     _utils.check_dropout_rate(self.dropout_rate)
     check_attention_impl(self.attention_impl)
     check_rope_base(self.rope_base)
-    _utils.check_dtypes(self)
+    _utils.set_dtypes(self)
     super().__post_init__()
 
   @nn.compact

@@ -93,7 +93,7 @@ class CNN(nn.Module):
     check_conv_impl(self.conv_impl)
     if self.padding not in _PADDINGS:
       raise ValueError(f"padding must be one of {_PADDINGS}; got padding={self.padding!r}")
-    _utils.check_dtypes(self)
+    _utils.set_dtypes(self)
     super().__post_init__()
 
   @nn.compact
@@ -175,7 +175,7 @@ class ResidualBlock(nn.Module):
           f"norm_groups must divide features when norm='group'; "
           f"got {self.norm_groups=}, {self.features=}")
     check_conv_impl(self.conv_impl)
-    _utils.check_dtypes(self)
+    _utils.set_dtypes(self)
     super().__post_init__()
 
   @nn.compact
@@ -294,7 +294,7 @@ class ResidualCNN(nn.Module):
             f"{self.stem_features=}, {self.stage_features=}")
     _utils.check_dropout_rate(self.dropout_rate)
     check_conv_impl(self.conv_impl)
-    _utils.check_dtypes(self)
+    _utils.set_dtypes(self)
     _utils.check_bool("remat", self.remat)
     super().__post_init__()
 

@@ -35,7 +35,7 @@ class LinearRegression(nn.Module):
 
   def __post_init__(self):
     _utils.check_positive("features", self.features)
-    _utils.check_dtypes(self)
+    _utils.set_dtypes(self)
     super().__post_init__()
 
   @nn.compact

@@ -67,7 +67,7 @@ class MLP(nn.Module):
           f"activation must be one of {tuple(ACTIVATIONS)}; "
           f"got activation={self.activation!r}")
     _utils.check_dropout_rate(self.dropout_rate)
-    _utils.check_dtypes(self)
+    _utils.set_dtypes(self)
     super().__post_init__()
 
   @nn.compact

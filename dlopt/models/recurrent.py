@@ -104,7 +104,7 @@ class RecurrentStack(nn.Module):
     _check_cell(self.cell)
     _check_bool("bidirectional", self.bidirectional)
     _utils.check_dropout_rate(self.dropout_rate)
-    _utils.check_dtypes(self)
+    _utils.set_dtypes(self)
     super().__post_init__()
 
   @property
@@ -204,7 +204,7 @@ class RecurrentClassifier(nn.Module):
     if self.pooling not in RECURRENT_POOLINGS:
       raise ValueError(f"pooling must be one of {RECURRENT_POOLINGS}; "
                        f"got pooling={self.pooling!r}")
-    _utils.check_dtypes(self)
+    _utils.set_dtypes(self)
     super().__post_init__()
 
   @nn.compact

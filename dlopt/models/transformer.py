@@ -42,7 +42,7 @@ def _check_mlp_ratio(mlp_ratio: float) -> None:
 
 
 def _check_stack(model) -> None:
-  """Validates the fields shared by the two transformer stacks."""
+  """Validates the fields shared by the two transformer stacks (and sets the dtypes)."""
   _utils.check_positive("num_layers", model.num_layers)
   _utils.check_positive("width", model.width)
   _utils.check_positive("num_heads", model.num_heads)
@@ -54,7 +54,7 @@ def _check_stack(model) -> None:
   _check_mlp_ratio(model.mlp_ratio)
   _utils.check_dropout_rate(model.dropout_rate)
   check_attention_impl(model.attention_impl)
-  _utils.check_dtypes(model)
+  _utils.set_dtypes(model)
   _utils.check_bool("remat", model.remat)
 
 
@@ -109,7 +109,7 @@ class TransformerBlock(nn.Module):
     _utils.check_dropout_rate(self.dropout_rate)
     check_attention_impl(self.attention_impl)
     check_rope_base(self.rope_base)
-    _utils.check_dtypes(self)
+    _utils.set_dtypes(self)
     super().__post_init__()
 
   @nn.compact

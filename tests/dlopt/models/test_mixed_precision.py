@@ -225,6 +225,15 @@ def test_a_non_floating_dtype_is_rejected_naming_the_field(field, value):
     models.DecoderLM(vocab_size=5, **{field: value})
 
 
+def test_dtype_fields_are_stored_as_numpy_dtypes():
+  # One value, hash and repr (config.json) whether given as a name, a type or a dtype.
+  by_name, by_type = models.CNN(dtype="bfloat16"), models.CNN(dtype=jnp.bfloat16)
+  assert by_name == by_type and hash(by_name) == hash(by_type)
+  assert by_name.dtype == BF16 and type(by_name.dtype) is type(BF16)
+  assert repr(models.DecoderLM(vocab_size=5).param_dtype) == "dtype('float32')"
+  assert models.MLP().dtype is None
+
+
 @pytest.mark.slow
 def test_a_bfloat16_mlp_trains_one_epoch_with_fit():
   from dlopt.data import load_digits

@@ -56,3 +56,27 @@ def test_docstring_synopsis_runs():
   from dlopt.train import xla_options
   result = doctest.testmod(xla_options, verbose=False)
   assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_rematerializing_model_keeps_its_barriers_and_so_saves_memory():
+  import functools
+  from dlopt.models import DecoderLM
+  from dlopt.train import train_step
+  from dlopt.train.xla_options import CPU_REMAT_OPTIONS, compiler_options_for
+  if jax.default_backend() != "cpu":
+    pytest.skip("the barrier option is the CPU's")
+  tokens = jax.random.randint(jax.random.key(0), (4, 128), 0, 64)
+  temp = {}
+  for remat in (False, True):
+    model = DecoderLM(vocab_size=64, num_layers=3, width=128, num_heads=4, max_len=128,
+                      remat=remat)
+    state = create_train_state(model, optax.sgd(0.1), tokens, seed=0)
+    forward = jax.make_jaxpr(lambda v, x: state.apply_fn(v, x, train=False))(
+        {"params": state.params}, tokens)
+    options = compiler_options_for(forward)
+    assert (options == CPU_REMAT_OPTIONS) == remat
+    step = jax.jit(functools.partial(train_step, objective=Objective()),
+                   compiler_options=options)
+    compiled = step.lower(state, (tokens, tokens)).compile()
+    temp[remat] = compiled.memory_analysis().temp_size_in_bytes
+  assert temp[True] < 0.7 * temp[False], temp

@@ -4,10 +4,12 @@ Two models, each trained by dlopt's jitted, donated train step (Adam, cross-entr
 DecoderLM (remat per `TransformerBlock`) and a ResidualCNN with batch norm (remat per
 `ResidualBlock`). Each is compiled (`jax.jit(...).lower(...).compile()`) four ways:
 
-- `plain`: `remat=False`, the compiler options `fit` picks (`step_compiler_options`);
-- `remat`: `remat=True`, the same options: what `fit` compiles today;
+- `plain`: `remat=False`, the compiler options `fit` picks (`step_compiler_options`)
+  without the barrier option below;
+- `remat`: `remat=True`, the same options: XLA's default passes;
 - `plain_keep_barriers`, `remat_keep_barriers`: the same two with XLA's
-  `cse_barrier_expander` pass disabled (`xla_disable_hlo_passes`). On the CPU, XLA expands
+  `cse_barrier_expander` pass disabled (`xla_disable_hlo_passes`), which is what `fit`
+  compiles a rematerializing model with on the CPU (`dlopt.train.xla_options`). On the CPU, XLA expands
   the optimization barriers `jax.checkpoint` puts around the recomputation into nothing
   and then runs common-subexpression elimination again, which merges the recomputation
   back into the forward pass: the rematerialization is undone. Keeping the barriers keeps
@@ -97,8 +99,10 @@ def _compile(name: str, size: dict, remat: bool, keep_barriers: bool):
   state = create_train_state(model, optax.adam(1e-3), batch[0], seed=0)
   options = step_compiler_options(state.apply_fn, {"params": state.params,
                                                    **state.model_state}, batch[0][:1])
+  options = {k: v for k, v in (options or {}).items() if k not in KEEP_BARRIERS}
   if keep_barriers:
-    options = {**(options or {}), **KEEP_BARRIERS}
+    options.update(KEEP_BARRIERS)
+  options = options or None
   step = make_train_step(Objective("cross_entropy"), compiler_options=options)
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()

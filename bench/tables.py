@@ -437,9 +437,10 @@ def remat_block(results: Path) -> str:
     return _missing("remat", "python -m bench remat")
   rows = ["| model | variant | temporaries, MiB | vs plain | peak, MiB | step, ms | vs plain |",
           "| --- | --- | --- | --- | --- | --- | --- |"]
-  names = {"plain": "`remat=False`", "remat": "`remat=True` (what `fit` compiles)",
+  names = {"plain": "`remat=False` (what `fit` compiles)",
+           "remat": "`remat=True`, XLA's default passes",
            "plain_keep_barriers": "`remat=False`, barriers kept",
-           "remat_keep_barriers": "`remat=True`, barriers kept"}
+           "remat_keep_barriers": "`remat=True`, barriers kept (what `fit` compiles)"}
   for model, entry in record["models"].items():
     for variant, data in entry["variants"].items():
       step = {**data["step_s"], **{k: data["step_s"][k] * 1e3 for k in ("min", "median", "max")}}

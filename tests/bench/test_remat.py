@@ -45,4 +45,4 @@ def test_remat_tiny_writes_a_complete_record_and_its_table(tmp_path):
     assert (variants["remat_keep_barriers"]["memory"]["temp_mib"]
             < variants["plain_keep_barriers"]["memory"]["temp_mib"])
   block = tables.remat_block(tmp_path)
-  assert "| decoder_lm | `remat=True`, barriers kept |" in block and "Smoke run" in block
+  assert "| decoder_lm | `remat=True`, barriers kept (what `fit` compiles) |" in block and "Smoke run" in block

@@ -213,7 +213,8 @@ def _alias(name: str, value, default, alias: str, alias_value):
   """`value`, or `alias_value` where only the `jax.nn` name was given."""
   if alias_value is None:
     return value
-  if value is not default and value != alias_value:
+  given = value is not default if default is None else value != default
+  if given and (hasattr(value, "shape") or value != alias_value):
     raise ValueError(f"{name} and {alias} name the same option; give one of them, got "
                      f"{name}={value!r} and {alias}={alias_value!r}")
   return alias_value

@@ -42,7 +42,9 @@ def attention_cudnn(q, k, v, bias, mask, *, causal: bool, local_window_size, q_l
       `causal` (where it is moot) or `right == 0`.
     q_lengths, kv_lengths: None or int32 `[B]`.
     scale: the logit scale.
-    return_residual: also return the log-sum-exp, float32 `[B, Tq, Hq]`.
+    return_residual: also return the log-sum-exp, float32 `[B, Tq, Hq]`, as an output
+      only: `jax.nn` passes no gradient through it (use "xla_chunked" or a Pallas path to
+      differentiate it, e.g. to train through merged partial attentions).
     implementation: `jax.nn`'s: "cudnn", or "xla" (its XLA path: how the tests check this
       mapping without a GPU).
 
@@ -74,6 +76,7 @@ def attention_cudnn(q, k, v, bias, mask, *, causal: bool, local_window_size, q_l
     out = jnp.where(empty[..., None], jnp.zeros((), out.dtype), out)
     if lse is not None:
       lse = jnp.where(empty, -jnp.inf, lse.astype(jnp.float32))
-  if lse is not None:
-    return out, jnp.broadcast_to(lse.astype(jnp.float32), (batch, q_len, q_heads))
+  if lse is not None:  # jax.nn passes no gradient through it: say so by stopping it
+    lse = jax.lax.stop_gradient(lse.astype(jnp.float32))
+    return out, jnp.broadcast_to(lse, (batch, q_len, q_heads))
   return out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +13,8 @@ import numpy as np
 import pytest
 
 import kernels
-from kernels.attention import BlockSizes
+from kernels.attention import AUTO_TABLE, BlockSizes, GpuBlockSizes
+from kernels.attention import api
 
 _module = importlib.import_module("kernels.attention")  # `kernels.attention` is the function
 
@@ -101,7 +104,7 @@ def test_rejects_bad_block_sizes_type():
 def test_rejects_float64_on_pallas(impl):
   with jax.enable_x64(True):
     q, k, v = _qkv(jnp.float64)
-    with pytest.raises(ValueError, match=f"float64.*impl='{impl}'"):
+    with pytest.raises(ValueError, match=f"impl='{impl}.*' does not support float64"):
       kernels.attention(q, k, v, impl=impl)
 
 
@@ -148,11 +151,32 @@ def test_rejects_single_segment_ids_of_wrong_shape():
 
 
 @pytest.mark.parametrize("field, value", [
-    ("block_q", 12), ("block_k", 4), ("block_q_bwd", 0), ("block_k_bwd", 16.0),
-    ("num_warps", 0), ("num_stages", "2")])
+    ("block_q", 12), ("block_k", 4), ("block_q_bwd", 0), ("block_k_bwd", 16.0)])
 def test_block_sizes_validation(field, value):
   with pytest.raises(ValueError, match=f"BlockSizes.{field}"):
     BlockSizes(**{field: value})
+
+
+@pytest.mark.parametrize("field, value", [("num_warps", 0), ("num_stages", "2"),
+                                          ("float32_dot", "fast"), ("block_q", 12)])
+def test_gpu_block_sizes_validation(field, value):
+  with pytest.raises(ValueError, match=f"BlockSizes.{field}"):
+    GpuBlockSizes(**{field: value})
+
+
+def test_triton_options_live_only_on_the_gpu_config():
+  with pytest.raises(TypeError, match="num_warps"):
+    BlockSizes(num_warps=4)
+  assert isinstance(BlockSizes.default("gpu", 64), GpuBlockSizes)
+  assert type(BlockSizes.default("tpu", 64)) is BlockSizes
+
+
+@pytest.mark.parametrize("backend, head_dim, dtype, block_q", [
+    ("tpu", 64, jnp.bfloat16, 256), ("tpu", 256, jnp.bfloat16, 128),
+    ("tpu", 64, jnp.float32, 128), ("cpu", 64, jnp.float32, 512),
+    ("cpu", 256, jnp.float32, 256), ("gpu", 256, jnp.bfloat16, 64)])
+def test_block_size_heuristic_per_head_dim_and_dtype(backend, head_dim, dtype, block_q):
+  assert BlockSizes.default(backend, head_dim, dtype).block_q == block_q
 
 
 @pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
@@ -170,7 +194,9 @@ def test_auto_on_cpu_is_the_reference_below_the_crossover():
 
 
 def test_auto_on_cpu_is_chunked_above_the_crossover(monkeypatch):
-  monkeypatch.setattr(_module, "_CHUNKED_FROM_LOGITS", TQ * TK)
+  table = dict(AUTO_TABLE, cpu=AUTO_TABLE["cpu"]._replace(
+      steps=((TQ * TK, "xla"), (None, "xla_chunked"))))
+  monkeypatch.setattr(api, "AUTO_TABLE", table)
   q, k, v = _qkv()
   blocks = BlockSizes(block_q=8, block_k=8, block_q_bwd=8, block_k_bwd=8)
   out = kernels.attention(q, k, v, causal=True, block_sizes=blocks)
@@ -203,3 +229,70 @@ def test_accepts_2d_and_3d_masks_and_numpy_lengths():
     expected = kernels.attention(q, k, v, mask=jnp.asarray(mask)[None, None],
                                  kv_lengths=jnp.asarray([10, 5], jnp.int32))
     np.testing.assert_allclose(out, expected, atol=1e-6, rtol=0)
+
+
+def test_auto_table_is_what_its_json_measured():
+  """The CPU crossover in AUTO_TABLE is the first sequence from which the chunked path's
+  forward+backward beats the reference decisively (1.5x: the JSON has 3 reps a point, and
+  at 256 the two are 1.3x apart) at every length measured, in the JSON it names."""
+  source, steps = AUTO_TABLE["cpu"]
+  measured = json.loads((Path(__file__).parents[3] / source).read_text())["crossover"]
+  times = {(row["impl"], row["seq"]): row["fwd_bwd"]["median_s"] for row in measured}
+  seqs = sorted({seq for _, seq in times})
+  faster = [seq for seq in seqs if 1.5 * times["xla_chunked", seq] < times["xla", seq]]
+  assert faster and all(seq in faster for seq in seqs if seq >= faster[0])
+  assert steps == ((faster[0] ** 2, "xla"), (None, "xla_chunked"))
+
+
+def test_auto_off_the_cpu_uses_the_last_measured_table(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert api._resolve("auto", "gpu", 10) == "xla"
+  assert api._resolve("auto", "gpu", 4096 ** 2) == "xla_chunked"
+  assert api._resolve("pallas", "gpu", 10) == "pallas_gpu"
+
+
+@pytest.mark.parametrize("options, pattern", [
+    (dict(local_window_size=-1), "local_window_size must be"),
+    (dict(local_window_size=(1, 2, 3)), "local_window_size must be"),
+    (dict(local_window_size=(1.0, 2)), "local_window_size must be"),
+    (dict(logits_soft_cap=0.0), "logits_soft_cap must be"),
+    (dict(logits_soft_cap=float("inf")), "logits_soft_cap must be"),
+    (dict(causal_alignment="bottom"), "causal_alignment must be one of"),
+    (dict(return_residual=1), "return_residual must be a bool"),
+    (dict(interpret="yes"), "interpret must be a bool"),
+    (dict(bias=jnp.ones((B, HQ, TQ, TK), jnp.int32)), "bias must be a float array"),
+    (dict(bias=jnp.ones((B, 3, TQ, TK))), r"bias must be broadcastable.*bias\.shape=\(2, 3"),
+    (dict(bias=jnp.ones((TK, TQ))), r"bias\.shape=\(10, 12\)"),
+    (dict(causal=True, is_causal=False), "causal and is_causal name the same option"),
+    (dict(impl="xla", implementation="cudnn"), "impl and implementation"),
+    (dict(kv_lengths=jnp.ones(B, jnp.int32), key_value_seq_lengths=jnp.ones(B, jnp.int32)),
+     "kv_lengths and key_value_seq_lengths"),
+])
+def test_rejects_bad_new_options(options, pattern):
+  with pytest.raises(ValueError, match=pattern):
+    kernels.attention(*_qkv(), **options)
+
+
+def test_jax_nn_names_are_aliases():
+  q, k, v = _qkv()
+  lengths = jnp.asarray([9, 4], jnp.int32)
+  ours = kernels.attention(q, k, v, causal=True, q_lengths=lengths, kv_lengths=lengths[::-1],
+                           impl="xla")
+  theirs = kernels.attention(q, k, v, is_causal=True, query_seq_lengths=lengths,
+                             key_value_seq_lengths=lengths[::-1], implementation="xla")
+  np.testing.assert_array_equal(ours, theirs)
+
+
+def test_matches_jax_nn_on_what_both_define():
+  """Bias, mask, window and causal as `jax.nn.dot_product_attention` defines them (no
+  fully masked rows, where the two differ by design)."""
+  q, k, v = _qkv()
+  rng = np.random.default_rng(2)
+  bias = jnp.asarray(rng.standard_normal((1, HQ, TQ, TK)), jnp.float32)
+  mask = jnp.asarray(rng.random((B, 1, TQ, TK)) < 0.9).at[..., 0].set(True)
+  options = dict(is_causal=True, local_window_size=(4, 2), scale=0.4)
+  ours, lse = kernels.attention(q, k, v, bias, mask, return_residual=True, **options)
+  theirs, their_lse = jax.nn.dot_product_attention(q, k, v, bias, mask, return_residual=True,
+                                                   **options)
+  np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+  np.testing.assert_allclose(lse, their_lse, atol=1e-5, rtol=0)

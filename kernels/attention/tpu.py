@@ -491,6 +491,7 @@ def forward(q, k, v, bias, masks: Masks, spec: Spec):
   q_spec, row_spec, kv_spec, side_specs = _by_query_block(layout)
   out, lse = pl.pallas_call(
       functools.partial(_fwd_kernel, cfg=cfg),
+      name="tpu_attention_fwd",
       grid_spec=pltpu.PrefetchScalarGridSpec(
           num_scalar_prefetch=2,
           grid=(batch, q_heads, cfg.num_q_blocks, cfg.num_k_blocks),
@@ -559,6 +560,7 @@ def backward(q, k, v, bias, masks: Masks, spec: Spec, out, lse, d_out, delta,
                                           jnp.float32))
   dq, *dbias = pl.pallas_call(
       functools.partial(_dq_kernel, cfg=cfg),
+      name="tpu_attention_dq",
       grid_spec=pltpu.PrefetchScalarGridSpec(
           num_scalar_prefetch=2,
           grid=(batch, q_heads, nq, nk),
@@ -590,6 +592,7 @@ def backward(q, k, v, bias, masks: Masks, spec: Spec, out, lse, d_out, delta,
                            kv_block=lambda b, h, j, *_: j)
   dk, dv = pl.pallas_call(
       functools.partial(_dkdv_kernel, cfg=cfg),
+      name="tpu_attention_dkdv",
       grid_spec=pltpu.PrefetchScalarGridSpec(
           num_scalar_prefetch=2,
           grid=(batch, kv_heads, nk, group * nq),

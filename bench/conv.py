@@ -8,7 +8,7 @@ Each point times one layer, `relu(conv(x, w) + b [+ residual])`, forward and
 forward+backward (grads for x, w, b and the residual), side by side in one run, interleaved:
 
 - "fused": `kernels.conv2d` with the epilogue fused: the Pallas kernel on GPU and TPU,
-  "xla_gemm" (the same implicit GEMM written in XLA) on the CPU;
+  "xla_implicit_gemm" (the same implicit GEMM written in XLA) on the CPU;
 - "xla": `impl="xla"`, `lax.conv_general_dilated` (cuDNN on NVIDIA GPUs) followed by
   the bias, residual and relu as separate XLA ops.
 
@@ -24,7 +24,7 @@ the median time; no path can move less.
 `causal_conv1d` (kernel 4, silu) is timed the same way on sequence-model shapes.
 
 The model point, "mnist_cnn_step", times the whole training step (forward, backward,
-AdamW) of `examples/mnist_cnn.py`'s CNN with `conv_impl` "xla", "xla_gemm" and "auto".
+AdamW) of `examples/mnist_cnn.py`'s CNN with `conv_impl` "xla", "xla_implicit_gemm" and "auto".
 
 Writes bench/results/conv_<backend>.json (min/median/max of every time over `--runs`
 interleaved runs) and prints a table last.
@@ -134,7 +134,7 @@ def run_layer(name: str, batch: int, dtype, fused_impl: str, reps: int) -> dict:
   return record
 
 
-def run_model_step(batch: int, reps: int, impls=("xla", "xla_gemm", "auto")) -> dict:
+def run_model_step(batch: int, reps: int, impls=("xla", "xla_implicit_gemm", "auto")) -> dict:
   """The MNIST CNN's whole training step with each conv_impl, interleaved."""
   from dlopt.models import CNN
   from dlopt.optim import OptimizerConfig, make_optimizer
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
   """Times every layer, the causal conv and the model step; writes conv_<backend>.json."""
   backend = jax.default_backend()
   accelerator = backend in ("gpu", "tpu")
-  fused_impl = "pallas" if accelerator else "xla_gemm"
+  fused_impl = "pallas" if accelerator else "xla_implicit_gemm"
   reps = args.runs = args.runs or (5 if args.quick else 20 if accelerator else 7)
   dtypes = args.dtypes or (["bfloat16", "float32"] if accelerator else ["float32"])
   layers = args.layers or (["mnist_conv1"] if args.tiny else
@@ -225,11 +225,11 @@ def run(args: argparse.Namespace) -> int:
     records.append(run_causal(batch, seq, channels, 4, fused_impl, reps))
     print(_row(records[-1]), flush=True)
   for batch in ([8] if args.tiny else [64] if args.quick else [64, 128]):
-    # --tiny leaves out the slowest compile, the whole model in xla_gemm.
+    # --tiny leaves out the slowest compile, the whole model in xla_implicit_gemm.
     records.append(run_model_step(batch, reps, ("xla", "auto") if args.tiny
-                                  else ("xla", "xla_gemm", "auto")))
+                                  else ("xla", "xla_implicit_gemm", "auto")))
     print(_step_row(records[-1]), flush=True)
-  note = None if accelerator else ("CPU run: 'fused' is impl='xla_gemm' (the Pallas kernels "
+  note = None if accelerator else ("CPU run: 'fused' is impl='xla_implicit_gemm' (the Pallas kernels "
                                    "need a GPU or TPU; on the CPU they only run interpreted)")
   path = write_result(args, f"conv_{backend}", {"records": records, "note": note,
                                                 "reps": reps})

@@ -284,11 +284,11 @@ def conv_part(ctx: Context) -> str:
   """Fused conv vs XLA conv + epilogue: time, TFLOP/s and bandwidth per layer."""
   import jax
   accelerator = jax.default_backend() in ("gpu", "tpu")
-  fused_impl = "pallas" if accelerator else "xla_gemm"
+  fused_impl = "pallas" if accelerator else "xla_implicit_gemm"
   ctx.entry["config"] = {"fused_impl": fused_impl, "reps": ctx.args.runs,
                          "bytes": "arguments and results of the jitted function, once",
                          "note": None if accelerator else
-                         "off an accelerator 'fused' is xla_gemm (smoke ran the kernels)"}
+                         "off an accelerator 'fused' is xla_implicit_gemm (smoke ran the kernels)"}
   status = sweep(ctx, conv_items(ctx.args, accelerator),
                  lambda item: _conv_point(item, fused_impl, ctx.args.runs), dict)
   ctx.entry["headline"] = _conv_headline(ctx.entry["points"])

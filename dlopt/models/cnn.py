@@ -65,7 +65,7 @@ class CNN(nn.Module):
     dropout_rate: dropout before the last layer, 0 <= rate < 1; active only
       when `train=True`, drawing from the 'dropout' RNG stream.
     conv_impl: the `impl` of `kernels.conv2d` for the convs, each fused with
-      its bias, relu and pool ("auto", "xla", "xla_gemm", "pallas", ...).
+      its bias, relu and pool ("auto", "xla", "xla_implicit_gemm", "pallas", ...).
     padding: the convs' padding, "SAME" (keeps height and width) or "VALID"
       (shrinks them by 2, as Keras' `Conv2D` does by default).
     dtype: the computation dtype of every layer (jnp.bfloat16 for mixed

@@ -60,7 +60,7 @@ class FusedConv(nn.Module):
       never decrease, that equals `activation(max_pool(conv(x) + residual) + bias)`, and
       the layer computes it so: the bias, the activation and their gradients then touch
       a quarter of the pixels (pool 2), and nothing but the pool reads the full-size map.
-    impl: the `impl` of `kernels.conv2d` ("auto", "xla", "xla_gemm", "pallas", ...).
+    impl: the `impl` of `kernels.conv2d` ("auto", "xla", "xla_implicit_gemm", "pallas", ...).
     dtype: the computation dtype; None promotes the input's and the parameters'.
     param_dtype: the parameters' dtype.
     kernel_init, bias_init: initializers (`flax.linen.Conv`'s defaults).

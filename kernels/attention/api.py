@@ -7,13 +7,13 @@ lacks fails here, naming both, before anything is traced.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from kernels._registry import Implementation
 from kernels.attention.block_sizes import BlockSizes
 from kernels.attention.reference import attention_reference
 from kernels.attention.spec import ALIGNMENTS, Masks, Spec, make_band
@@ -26,31 +26,10 @@ OPTIONS = ("bias", "mask", "causal", "bottom_right", "local_window_size", "logit
 _ALL = frozenset(OPTIONS)
 
 
-@dataclasses.dataclass(frozen=True)
-class Implementation:
-  """One path of `attention`: where it runs and what it supports.
-
-  Attributes:
-    name: the `impl=` string.
-    platforms: the JAX platforms it runs on natively ("cpu", "gpu", "tpu").
-    interpretable: a Pallas kernel that also runs off its hardware, in interpret mode.
-    supports: the `OPTIONS` it implements.
-  """
-
-  name: str
-  platforms: tuple[str, ...]
-  interpretable: bool = False
-  supports: frozenset = _ALL
-
-  def supported_on(self, platform: str) -> bool:
-    """Whether it runs on `platform` (natively, or interpreted)."""
-    return self.interpretable or platform in self.platforms
-
-
 IMPLEMENTATIONS = {
     impl.name: impl for impl in (
-        Implementation("xla", ("cpu", "gpu", "tpu")),
-        Implementation("xla_chunked", ("cpu", "gpu", "tpu")),
+        Implementation("xla", ("cpu", "gpu", "tpu"), supports=_ALL),
+        Implementation("xla_chunked", ("cpu", "gpu", "tpu"), supports=_ALL),
         Implementation("pallas_gpu", ("gpu",), interpretable=True,
                        supports=_ALL - {"float64"}),
         Implementation("pallas_tpu", ("tpu",), interpretable=True,
@@ -62,7 +41,7 @@ IMPLEMENTATIONS = {
                                         "float32", "float64"}),
     )
 }
-IMPLS = ("auto", "pallas") + tuple(IMPLEMENTATIONS)
+IMPLS = ("auto", "xla", "xla_chunked", "pallas", "pallas_gpu", "pallas_tpu", "cudnn")
 
 
 
@@ -245,17 +224,15 @@ def _options_used(q, bias, mask, causal, alignment, q_len, kv_len, window, soft_
 
 
 def _check_supported(implementation: Implementation, used: set, platform: str):
-  if not implementation.supported_on(platform):
-    raise ValueError(f"impl={implementation.name!r} runs only on "
-                     f"{' or '.join(implementation.platforms)}; jax.default_backend() is "
-                     f"{platform!r}")
-  missing = sorted(used - implementation.supports)
-  if missing:
-    hints = {"float32": "float32 inputs", "float64": "float64 inputs",
-             "bottom_right": "causal_alignment='bottom_right' with q_len != kv_len"}
-    names = ", ".join(hints.get(name, name) for name in missing)
-    raise ValueError(f"impl={implementation.name!r} does not support {names}; impl='xla' "
-                     "and 'xla_chunked' support every option")
+  """Raises unless `implementation` runs here and takes every option in `used`."""
+  try:
+    implementation.check(used, platform, hints={
+        "float32": "float32 inputs", "float64": "float64 inputs",
+        "bottom_right": "causal_alignment='bottom_right' with q_len != kv_len"})
+  except ValueError as error:
+    if "does not support" not in str(error):
+      raise
+    raise ValueError(f"{error}; impl='xla' and 'xla_chunked' support every option") from None
 
 
 def _check_arrays(q, k, v):

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 
 from kernels._block_sizes import float32_dot_precision
 from kernels._indexing import div, fori_loop, rem
+from kernels._tiling import next_power_of_2, pad_axis, round_up
 from kernels.conv.block_sizes import BlockSizes
 from kernels.conv.canonical import activate
 
@@ -196,31 +197,14 @@ def _depthwise_weight_grad_kernel(tap_ref, xs_ref, dz_ref, dw_ref, *, block_m, m
 # ---------------------------------------------------------------------------------------
 
 
-def _next_power_of_2(n: int) -> int:
-  return 1 << max(0, (n - 1).bit_length())
-
-
-def _round_up(n: int, multiple: int) -> int:
-  return -(-n // multiple) * multiple
-
-
-def _pad_axis(x, axis: int, size: int):
-  """`x` zero-padded at the end of `axis` to `size` (unchanged if already that long)."""
-  if x is None or x.shape[axis] >= size:
-    return x
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, widths)
-
-
 def _block(requested: int, length: int) -> int:
   """`requested`, shrunk to what the dimension needs and raised to Triton's minimum of 16."""
-  return max(_MIN_DIM, min(requested, _next_power_of_2(length)))
+  return max(_MIN_DIM, min(requested, next_power_of_2(length)))
 
 
 def _pad_rows(xs, axis: int, taps, m_pad: int):
   """`xs` padded along its `L` axis so that reading rows `[shift, shift + m_pad)` is safe."""
-  return _pad_axis(xs, axis, m_pad + max(shift for _, shift in taps))
+  return pad_axis(xs, axis, m_pad + max(shift for _, shift in taps))
 
 
 def _splits(num_programs: int, num_steps: int) -> tuple[int, int]:
@@ -264,13 +248,13 @@ def forward(xs, w, bias, residual, *, taps, m, activation, save_preactivation=Fa
   num_taps, co = w.shape[0], w.shape[3]
   block_m, block_n = _block(block_sizes.block_m, m), _block(block_sizes.block_n, co)
   block_k = _block(block_sizes.block_k, ci)
-  m_pad, ci_pad, co_pad = _round_up(m, block_m), _round_up(ci, block_k), _round_up(co, block_n)
+  m_pad, ci_pad, co_pad = round_up(m, block_m), round_up(ci, block_k), round_up(co, block_n)
 
-  xs = _pad_rows(_pad_axis(xs, 4, ci_pad), 3, taps, m_pad)  # [S, N, G, L', Ci']
-  w = _pad_axis(_pad_axis(w, 2, ci_pad), 3, co_pad)  # [T, G, Ci', Co']
+  xs = _pad_rows(pad_axis(xs, 4, ci_pad), 3, taps, m_pad)  # [S, N, G, L', Ci']
+  w = pad_axis(pad_axis(w, 2, ci_pad), 3, co_pad)  # [T, G, Ci', Co']
   if bias is not None:
-    bias = _pad_axis(bias.astype(jnp.float32), 1, co_pad)  # [G, Co']
-  residual = _pad_axis(_pad_axis(residual, 2, m_pad), 3, co_pad)  # [N, G, m', Co']
+    bias = pad_axis(bias.astype(jnp.float32), 1, co_pad)  # [G, Co']
+  residual = pad_axis(pad_axis(residual, 2, m_pad), 3, co_pad)  # [N, G, m', Co']
 
   out_spec = pl.BlockSpec((None, None, block_m, block_n), lambda j, i, g, n: (n, g, i, j))
   num_outputs = 2 if save_preactivation else 1
@@ -317,10 +301,10 @@ def weight_grad(xs, dz, *, taps, block_sizes=None, interpret=False):
   num_taps = len(taps)
   block_m, block_n = _block(block_sizes.block_m, m), _block(block_sizes.block_n, co)
   block_k = _block(block_sizes.block_k, ci)
-  m_pad, ci_pad, co_pad = _round_up(m, block_m), _round_up(ci, block_k), _round_up(co, block_n)
+  m_pad, ci_pad, co_pad = round_up(m, block_m), round_up(ci, block_k), round_up(co, block_n)
 
-  xs = _pad_rows(_pad_axis(xs, 4, ci_pad), 3, taps, m_pad)  # [S, N, G, L', Ci']
-  dz = _pad_axis(_pad_axis(dz, 2, m_pad), 3, co_pad)  # [N, G, m', Co']; zero rows past m
+  xs = _pad_rows(pad_axis(xs, 4, ci_pad), 3, taps, m_pad)  # [S, N, G, L', Ci']
+  dz = pad_axis(pad_axis(dz, 2, m_pad), 3, co_pad)  # [N, G, m', Co']; zero rows past m
   m_blocks = m_pad // block_m
   num_steps = batch * m_blocks
   grid = (co_pad // block_n, ci_pad // block_k, num_taps, groups)
@@ -371,13 +355,13 @@ def depthwise_forward(xs, w, bias, residual, *, taps, m, activation,
   block_sizes = block_sizes or BlockSizes.default("gpu", xs.dtype)
   _, batch, _, c = xs.shape
   block_m, block_c = _block(block_sizes.block_m, m), _block(block_sizes.block_n, c)
-  m_pad, c_pad = _round_up(m, block_m), _round_up(c, block_c)
+  m_pad, c_pad = round_up(m, block_m), round_up(c, block_c)
 
-  xs = _pad_rows(_pad_axis(xs, 3, c_pad), 2, taps, m_pad)  # [S, N, L', C']
-  w = _pad_axis(w, 1, c_pad)  # [T, C']
+  xs = _pad_rows(pad_axis(xs, 3, c_pad), 2, taps, m_pad)  # [S, N, L', C']
+  w = pad_axis(w, 1, c_pad)  # [T, C']
   if bias is not None:
-    bias = _pad_axis(bias.astype(jnp.float32), 0, c_pad)  # [C']
-  residual = _pad_axis(_pad_axis(residual, 1, m_pad), 2, c_pad)  # [N, m', C']
+    bias = pad_axis(bias.astype(jnp.float32), 0, c_pad)  # [C']
+  residual = pad_axis(pad_axis(residual, 1, m_pad), 2, c_pad)  # [N, m', C']
 
   out_spec = pl.BlockSpec((None, block_m, block_c), lambda j, i, n: (n, i, j))
   num_outputs = 2 if save_preactivation else 1
@@ -421,10 +405,10 @@ def depthwise_weight_grad(xs, dz, *, taps, block_sizes=None, interpret=False):
   m = dz.shape[1]
   num_taps = len(taps)
   block_m, block_c = _block(block_sizes.block_m, m), _block(block_sizes.block_n, c)
-  m_pad, c_pad = _round_up(m, block_m), _round_up(c, block_c)
+  m_pad, c_pad = round_up(m, block_m), round_up(c, block_c)
 
-  xs = _pad_rows(_pad_axis(xs, 3, c_pad), 2, taps, m_pad)  # [S, N, L', C']
-  dz = _pad_axis(_pad_axis(dz, 1, m_pad), 2, c_pad)  # [N, m', C']; zero rows past m
+  xs = _pad_rows(pad_axis(xs, 3, c_pad), 2, taps, m_pad)  # [S, N, L', C']
+  dz = pad_axis(pad_axis(dz, 1, m_pad), 2, c_pad)  # [N, m', C']; zero rows past m
   m_blocks = m_pad // block_m
   num_steps = batch * m_blocks
   splits, steps_per_split = _splits(c_pad // block_c * num_taps, num_steps)

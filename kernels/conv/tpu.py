@@ -62,6 +62,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from kernels._indexing import as_int32
+from kernels._tiling import pad_axis, round_up
 from kernels.conv import canonical
 from kernels.conv.block_sizes import BlockSizes
 
@@ -220,10 +221,6 @@ def _depthwise_weight_grad_kernel(x_ref, dz_ref, dw_ref, *, taps, block_m, tile)
 # ----------------------------------------------------------------------------------------
 
 
-def _round_up(x: int, multiple: int) -> int:
-  return -(-x // multiple) * multiple
-
-
 def _sublanes(dtype) -> int:
   """Mosaic's sublane tile for `dtype`: 8 rows of 32-bit values, 16 of 16-bit ones."""
   return NUM_SUBLANES * 4 // jnp.dtype(dtype).itemsize
@@ -236,8 +233,8 @@ def _row_tiles(m: int, length: int, taps, block_m: int, dtype):
   padded `L` keeps every window `_window` reads, for every padded row, in bounds.
   """
   tile = _sublanes(dtype)
-  block_m = min(max(block_m, tile), _round_up(m, tile))
-  m_pad = _round_up(m, block_m)
+  block_m = min(max(block_m, tile), round_up(m, tile))
+  m_pad = round_up(m, block_m)
   reach = max(shift - shift % tile for _, shift in taps) + tile
   return block_m, m_pad, tile, max(length, m_pad + reach)
 
@@ -248,16 +245,7 @@ def _lane_tiles(channels: int, block_n: int, interpret: bool) -> tuple[int, int]
     block_n = max(block_n, NUM_LANES)
   if channels <= block_n:
     return channels, channels
-  return block_n, _round_up(channels, block_n)
-
-
-def _pad(x, axis: int, size: int):
-  """Zero-pads `x` along `axis` up to `size`."""
-  if x is None or x.shape[axis] == size:
-    return x
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, widths)
+  return block_n, round_up(channels, block_n)
 
 
 def _compute_dtype(dtype):
@@ -284,7 +272,7 @@ def _vmem_bytes(shape, dtype) -> int:
   """VMEM footprint of one buffer of `shape`: its last two dims padded to Mosaic's tiles."""
   *lead, rows, cols = shape
   itemsize = jnp.dtype(dtype).itemsize
-  return (math.prod(lead) * _round_up(rows, _sublanes(dtype)) * _round_up(cols, NUM_LANES) *
+  return (math.prod(lead) * round_up(rows, _sublanes(dtype)) * round_up(cols, NUM_LANES) *
           itemsize)
 
 
@@ -361,10 +349,10 @@ def forward(xs, w, bias, residual, *, taps, m, activation, save_preactivation=Fa
   out_dtype, dtype = xs.dtype, _compute_dtype(xs.dtype)
   block_m, m_pad, tile, length = _row_tiles(m, length, taps, block_sizes.block_m, dtype)
   block_n, co_pad = _lane_tiles(co, block_sizes.block_n, interpret)
-  xs = _pad(xs.astype(dtype), 3, length)
-  w = _pad(w.astype(dtype), 3, co_pad)
-  bias = None if bias is None else _pad(bias.astype(jnp.float32), 1, co_pad)[:, None, :]
-  residual = _pad(_pad(_as(residual, dtype), 2, m_pad), 3, co_pad)
+  xs = pad_axis(xs.astype(dtype), 3, length)
+  w = pad_axis(w.astype(dtype), 3, co_pad)
+  bias = None if bias is None else pad_axis(bias.astype(jnp.float32), 1, co_pad)[:, None, :]
+  residual = pad_axis(pad_axis(_as(residual, dtype), 2, m_pad), 3, co_pad)
 
   specs = (pl.BlockSpec((phases, _SQ, _SQ, length, ci), lambda n, g, j, i: (0, n, g, 0, 0)),
            pl.BlockSpec((num_taps, _SQ, ci, block_n), lambda n, g, j, i: (0, g, 0, j)),
@@ -403,8 +391,8 @@ def weight_grad(xs, dz, *, taps, block_sizes=None, interpret=False):
   dtype = _compute_dtype(xs.dtype)
   block_m, m_pad, tile, length = _row_tiles(m, length, taps, block_sizes.block_m, dtype)
   block_n, co_pad = _lane_tiles(co, block_sizes.block_n, interpret)
-  xs = _pad(xs.astype(dtype), 3, length)
-  dz = _pad(_pad(dz.astype(dtype), 2, m_pad), 3, co_pad)  # zero rows: no contribution
+  xs = pad_axis(xs.astype(dtype), 3, length)
+  dz = pad_axis(pad_axis(dz.astype(dtype), 2, m_pad), 3, co_pad)  # zero rows: no contribution
 
   num_taps = len(taps)
   blocks = [((phases, length, ci), dtype), ((block_m, block_n), dtype),
@@ -448,10 +436,10 @@ def depthwise_forward(xs, w, bias, residual, *, taps, m, activation, save_preact
   out_dtype, dtype = xs.dtype, _compute_dtype(xs.dtype)
   block_m, m_pad, tile, length = _row_tiles(m, length, taps, block_sizes.block_m, dtype)
   block_c, c_pad = _lane_tiles(c, block_sizes.block_n, interpret)
-  xs = _pad(_pad(xs.astype(dtype), 2, length), 3, c_pad)
-  w = _pad(w.astype(dtype), 1, c_pad)
-  bias = None if bias is None else _pad(bias.astype(jnp.float32), 0, c_pad)[None, :]
-  residual = _pad(_pad(_as(residual, dtype), 1, m_pad), 2, c_pad)
+  xs = pad_axis(pad_axis(xs.astype(dtype), 2, length), 3, c_pad)
+  w = pad_axis(w.astype(dtype), 1, c_pad)
+  bias = None if bias is None else pad_axis(bias.astype(jnp.float32), 0, c_pad)[None, :]
+  residual = pad_axis(pad_axis(_as(residual, dtype), 1, m_pad), 2, c_pad)
 
   specs = (pl.BlockSpec((phases, _SQ, length, block_c), lambda n, j, i: (0, n, 0, j)),
            pl.BlockSpec((num_taps, block_c), lambda n, j, i: (0, j)),
@@ -489,8 +477,8 @@ def depthwise_weight_grad(xs, dz, *, taps, block_sizes=None, interpret=False):
   dtype = _compute_dtype(xs.dtype)
   block_m, m_pad, tile, length = _row_tiles(m, length, taps, block_sizes.block_m, dtype)
   block_c, c_pad = _lane_tiles(c, block_sizes.block_n, interpret)
-  xs = _pad(_pad(xs.astype(dtype), 2, length), 3, c_pad)
-  dz = _pad(_pad(dz.astype(dtype), 1, m_pad), 2, c_pad)  # zero rows: no contribution
+  xs = pad_axis(pad_axis(xs.astype(dtype), 2, length), 3, c_pad)
+  dz = pad_axis(pad_axis(dz.astype(dtype), 1, m_pad), 2, c_pad)  # zero rows: no contribution
 
   num_taps = len(taps)
   blocks = [((phases, length, block_c), dtype), ((block_m, block_c), dtype),

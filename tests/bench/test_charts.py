@@ -59,7 +59,7 @@ def _accuracy_record() -> dict:
 def _conv_record() -> dict:
   def layer(name, fused_s, xla_s):
     pair = {"fused": _timing(fused_s), "xla": _timing(xla_s)}
-    return {"layer": name, "batch": 32, "dtype": "float32", "fused_impl": "xla_gemm",
+    return {"layer": name, "batch": 32, "dtype": "float32", "fused_impl": "xla_implicit_gemm",
             "fwd": pair, "fwd_bwd": {"fused": {"error": "boom"}, "xla": _timing(xla_s)}}
 
   return {"device": {"backend": "cpu"},
@@ -108,7 +108,7 @@ def test_charts_name_what_they_show():
       "target 99.0%"]
   (ax,) = charts.conv_chart([_conv_record()]).get_axes()
   assert [t.get_text() for t in ax.get_yticklabels()] == ["conv_a, batch 32", "conv_b, batch 32"]
-  assert "XLA time / xla_gemm time" in ax.get_xlabel() and ax.get_xscale() == "log"
+  assert "XLA time / xla_implicit_gemm time" in ax.get_xlabel() and ax.get_xscale() == "log"
 
 
 def test_no_results_no_chart(tmp_path):

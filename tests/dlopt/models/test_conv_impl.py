@@ -14,7 +14,7 @@ from dlopt.models.conv import FusedConv
 
 def test_fused_conv_matches_flax_conv():
   x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
-  ours = FusedConv(5, (3, 3), strides=2, activation="relu", impl="xla_gemm")
+  ours = FusedConv(5, (3, 3), strides=2, activation="relu", impl="xla_implicit_gemm")
   theirs = nn.Conv(5, (3, 3), strides=2, padding="SAME")
   variables = theirs.init(jax.random.key(1), x)
   assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(
@@ -56,7 +56,7 @@ def test_conv_impls_agree_forward_and_grads(make):
 
   value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
   want_value, want_grads = value_and_grad(params, "xla")
-  for impl in ("xla_gemm", "pallas"):
+  for impl in ("xla_implicit_gemm", "pallas"):
     value, grads = value_and_grad(params, impl)
     np.testing.assert_allclose(float(value), float(want_value), rtol=1e-4, atol=1e-4)
     for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):

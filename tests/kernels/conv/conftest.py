@@ -12,7 +12,7 @@ import pytest
 import kernels
 
 from kernels.conv import canonical
-from kernels.conv.options import normalize_padding, pair
+from kernels.conv.api import normalize_padding, pair
 from kernels.conv.reference import conv2d_reference
 
 # Max abs error allowed against the float64 reference, relative to the output's scale

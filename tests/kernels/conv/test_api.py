@@ -30,14 +30,15 @@ W = jnp.ones((3, 3, 4, 6)) * 0.1
     (dict(padding=-1), r"padding must be 'SAME', 'VALID', an int >= 0"),
     (dict(padding=((1, 2), (3,))), r"padding must be"),
     (dict(activation="tanh"), r"activation must be one of"),
-    (dict(impl="cudnn"), r"impl must be one of auto, xla, xla_gemm"),
+    (dict(impl="cudnn"), r"impl must be one of auto, xla, xla_implicit_gemm"),
     (dict(block_sizes=dict(block_m=64)), r"block_sizes must be None or a kernels.conv"),
     (dict(residual=jnp.ones((2, 8, 8, 5))), r"residual must be None or float32 of the "
                                             r"output's shape \(2, 8, 8, 6\)"),
     (dict(residual=jnp.ones((2, 8, 8, 6), jnp.bfloat16)), r"residual must be None or float32"),
     (dict(x=jnp.ones((2, 2, 2, 4)), padding="VALID"), r"the output would be empty"),
     (dict(x=np.ones((2, 8, 8, 4)), w=np.ones((3, 3, 4, 6)), impl="pallas"),
-     r"float64 inputs run only on impl='xla' or 'xla_gemm'"),
+     r"impl='pallas_gpu' does not support float64 inputs; impl='xla' and "
+     r"'xla_implicit_gemm' take float64"),
 ])
 def test_conv2d_rejects_bad_arguments(kwargs, match):
   args = dict(x=X, w=W, b=None)
@@ -73,7 +74,7 @@ def test_block_sizes_are_validated():
     (((2, 0), (0, 0)), (2, 4, 3, 6)),
 ])
 def test_padding_forms(padding, expected):
-  assert kernels.conv2d(X, W, stride=2, padding=padding, impl="xla_gemm").shape == expected
+  assert kernels.conv2d(X, W, stride=2, padding=padding, impl="xla_implicit_gemm").shape == expected
 
 
 def test_same_padding_matches_lax():
@@ -94,14 +95,27 @@ def test_auto_on_cpu_matches_reference():
 
 
 @pytest.mark.parametrize("w_shape,options,expected", [
-    ((1, 1, 4, 6), dict(stride=(1, 1), padding=((0, 0), (0, 0)), groups=1), "xla_gemm"),
+    ((1, 1, 4, 6), dict(stride=(1, 1), padding=((0, 0), (0, 0)), groups=1), "xla_implicit_gemm"),
     ((1, 1, 4, 6), dict(stride=(2, 2), padding=((0, 0), (0, 0)), groups=1), "xla"),
     ((1, 1, 2, 6), dict(stride=(1, 1), padding=((0, 0), (0, 0)), groups=2), "xla"),
     ((3, 3, 4, 6), dict(stride=(1, 1), padding=((1, 1), (1, 1)), groups=1), "xla"),
 ])
 def test_auto_on_cpu_takes_the_measured_path(w_shape, options, expected):
-  from kernels.conv import _cpu_choice
+  from kernels.conv.api import _cpu_choice
   from kernels.conv.layout import geometry
   geo = geometry((2, 8, 8, 4), w_shape, dilation=(1, 1), **options)
   assert _cpu_choice(geo) == expected
   assert _cpu_choice(None) == "xla"  # causal_conv1d: the reference measured faster
+
+
+def test_old_name_of_the_implicit_gemm_still_works_with_a_warning():
+  with pytest.warns(DeprecationWarning, match="'xla_gemm' is now called 'xla_implicit_gemm'"):
+    old = kernels.conv2d(X, W, impl="xla_gemm")
+  np.testing.assert_array_equal(old, kernels.conv2d(X, W, impl="xla_implicit_gemm"))
+
+
+def test_registry_says_where_each_path_runs():
+  from kernels.conv import IMPLEMENTATIONS
+  assert IMPLEMENTATIONS["pallas_gpu"].supported_on("cpu")  # interpreted
+  assert IMPLEMENTATIONS["xla_implicit_gemm"].supported_on("tpu")
+  assert set(IMPLEMENTATIONS) | {"auto", "pallas"} == set(kernels.conv.IMPLS)

@@ -1,6 +1,6 @@
-"""The reference against direct loops, and the `xla_gemm` path against the reference.
+"""The reference against direct loops, and the `xla_implicit_gemm` path against the reference.
 
-`xla_gemm` runs the whole fused machinery (phase layout, custom_vjp, transposed-conv input
+`xla_implicit_gemm` runs the whole fused machinery (phase layout, custom_vjp, transposed-conv input
 gradient, implicit-GEMM weight gradient) with the canonical ops written in XLA, so these
 tests check everything but the Pallas kernels themselves.
 """
@@ -88,7 +88,7 @@ GEOMETRIES = [  # (x_shape, w_shape, options)
 @pytest.mark.parametrize("x_shape,w_shape,options", GEOMETRIES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_gemm_geometries(conv_cases, x_shape, w_shape, options, activation):
-  conv_cases.check_against_reference("xla_gemm", x_shape, w_shape, activation=activation,
+  conv_cases.check_against_reference("xla_implicit_gemm", x_shape, w_shape, activation=activation,
                           **options)
 
 
@@ -96,13 +96,13 @@ def test_gemm_geometries(conv_cases, x_shape, w_shape, options, activation):
 @pytest.mark.parametrize("geometry", [0, 1, 6])
 def test_gemm_low_precision(conv_cases, dtype, geometry):
   x_shape, w_shape, options = GEOMETRIES[geometry]
-  conv_cases.check_against_reference("xla_gemm", x_shape, w_shape, dtype=dtype,
+  conv_cases.check_against_reference("xla_implicit_gemm", x_shape, w_shape, dtype=dtype,
                           activation="gelu", **options)
 
 
 @pytest.mark.parametrize("bias,residual", [(False, False), (True, False), (False, True)])
 def test_gemm_optional_inputs(conv_cases, bias, residual):
-  conv_cases.check_against_reference("xla_gemm", (2, 7, 7, 3), (3, 3, 3, 4), bias=bias,
+  conv_cases.check_against_reference("xla_implicit_gemm", (2, 7, 7, 3), (3, 3, 3, 4), bias=bias,
                           residual=residual, activation="relu", stride=2)
 
 
@@ -123,12 +123,12 @@ def test_gemm_random_options(conv_cases, size, kernel, stride, dilation, padding
   if isinstance(padding, tuple):
     hypothesis.assume(size + 1 >= extent[0] and size + 2 >= extent[1])
   w_shape = (*kernel, cin // groups, groups * (1 if depthwise else 2))
-  conv_cases.check_against_reference("xla_gemm", (2, size, size + 1, cin), w_shape,
+  conv_cases.check_against_reference("xla_implicit_gemm", (2, size, size + 1, cin), w_shape,
                           activation=activation, seed=seed, stride=stride, padding=padding,
                           dilation=dilation, groups=groups)
 
 
-@pytest.mark.parametrize("impl", ["xla", "xla_gemm", "auto"])
+@pytest.mark.parametrize("impl", ["xla", "xla_implicit_gemm", "auto"])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_causal_conv1d(conv_cases, impl, activation):
   rng = np.random.default_rng(3)
@@ -154,7 +154,7 @@ def test_causal_conv1d_sees_no_future():
   x = jax.random.normal(jax.random.key(0), (1, 10, 3))
   w = jax.random.normal(jax.random.key(1), (3, 3))
   changed = x.at[:, 6:].set(5.0)
-  for impl in ("xla", "xla_gemm"):
+  for impl in ("xla", "xla_implicit_gemm"):
     a, b = (kernels.causal_conv1d(v, w, impl=impl) for v in (x, changed))
     np.testing.assert_array_equal(np.asarray(a[:, :6]), np.asarray(b[:, :6]))
     assert not np.allclose(np.asarray(a[:, 6:]), np.asarray(b[:, 6:]))

@@ -18,7 +18,7 @@ import kernels
 from kernels.conv import IMPLS, BlockSizes, gpu, tpu
 from kernels.conv.reference import causal_conv1d_reference
 
-DISTINCT = ("xla", "xla_gemm", "pallas_gpu", "pallas_tpu")  # "auto", "pallas" pick one
+DISTINCT = ("xla", "xla_implicit_gemm", "pallas_gpu", "pallas_tpu")  # "auto", "pallas" pick one
 SMALL = BlockSizes(block_m=16, block_n=16, block_k=16)
 CONV2D = {  # name -> (x_shape, w_shape, options, activation)
     "dense": ((2, 7, 9, 5), (3, 3, 5, 6), dict(stride=2, padding="SAME"), "gelu"),

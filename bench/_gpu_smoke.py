@@ -49,8 +49,9 @@ class Case:
     dtype: "bfloat16" or "float32".
     shape: attention `(B, Tq, Tk, Hq, Hkv, D)`; conv2d `(N, H, W, Cin, Cout, K)`;
       causal_conv1d `(B, T, C, K)`.
-    options: attention: causal, kv_lengths, segments (bools); conv2d: stride, groups,
-      residual; as `(key, value)` pairs.
+    options: attention: causal, kv_lengths, segments, bias, bottom_right (bools), window
+      (a `(left, right)` pair), soft_cap (a float); conv2d: stride, groups, residual; as
+      `(key, value)` pairs.
   """
 
   name: str
@@ -83,6 +84,9 @@ def cases(tiny: bool = False, quick: bool = False) -> list[Case]:
     return [
         _attention("attn_f32_gqa_causal_lengths_segments", "float32", (2, 40, 40, 4, 2, 32),
                    causal=True, kv_lengths=True, segments=True),
+        _attention("attn_f32_window_softcap_bias_bottom_right", "float32",
+                   (2, 24, 56, 4, 2, 32), causal=True, bottom_right=True, window=(20, 0),
+                   soft_cap=5.0, bias=True),
         _conv("conv3x3_s2_bias_relu_residual_bf16", "bfloat16", (2, 9, 9, 8, 16, 3),
               stride=2, residual=True),
         _conv("depthwise3x3_f32", "float32", (2, 8, 8, 8, 8, 3), groups=8),
@@ -103,6 +107,14 @@ def cases(tiny: bool = False, quick: bool = False) -> list[Case]:
                  causal=True, segments=True),
       _attention("attn_f32_gqa_causal_lengths_segments", "float32", (2, 600, 600, 8, 2, 64),
                  causal=True, kv_lengths=True, segments=True),
+      _attention("attn_bf16_window_causal", "bfloat16", (2, 2048, 2048, 8, 8, 64),
+                 causal=True, window=(256, 0)),
+      _attention("attn_bf16_softcap_bias", "bfloat16", (2, 1024, 1024, 8, 8, 128),
+                 soft_cap=30.0, bias=True),
+      _attention("attn_bf16_bottom_right_gqa", "bfloat16", (2, 256, 1024, 8, 2, 64),
+                 causal=True, bottom_right=True),
+      _attention("attn_f32_window_softcap_bias", "float32", (1, 700, 700, 4, 4, 128),
+                 window=(128, 32), soft_cap=20.0, bias=True),
   ]
   conv = []
   for dtype in ("bfloat16", "float32"):
@@ -142,7 +154,16 @@ def make(case: Case, seed: int = 0):
     if options.get("segments"):
       static["segment_ids"] = jnp.asarray(np.sort(rng.integers(0, 3, (batch, q_len)), 1),
                                           jnp.int32)
-    return (lambda impl, q, k, v: kernels.attention(q, k, v, impl=impl, **static)), arrays
+    if options.get("window"):
+      static["local_window_size"] = tuple(options["window"])
+    if options.get("soft_cap"):
+      static["logits_soft_cap"] = float(options["soft_cap"])
+    if options.get("bottom_right"):
+      static["causal_alignment"] = "bottom_right"
+    if options.get("bias"):  # differentiated, like q, k, v
+      arrays += (_normal(rng, (1, q_heads, q_len, kv_len), dtype),)
+    return (lambda impl, q, k, v, bias=None: kernels.attention(q, k, v, bias, impl=impl,
+                                                               **static)), arrays
   if case.op == "conv2d":
     n, h, w, cin, cout, kernel = case.shape
     stride, groups = options.get("stride", 1), options.get("groups", 1)
@@ -216,7 +237,7 @@ def run_case(case: Case) -> dict:
   except Exception as error:  # noqa: BLE001 - a kernel that fails to compile is a result
     return {**record, "error": f"{type(error).__name__}: {error}"[:_ERROR_CHARS],
             "passed": False}
-  names = ("q", "k", "v") if case.op == "attention" else ("x", "w", "b", "residual")
+  names = ("q", "k", "v", "bias") if case.op == "attention" else ("x", "w", "b", "residual")
   errors = {"out": _error(out, ref_out)}
   errors.update({f"d{name}": _error(g, r) for name, g, r in zip(names, grads, ref_grads)})
   tolerance = TOLERANCE[case.dtype]

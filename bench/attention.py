@@ -46,12 +46,12 @@ def attention_flops(batch: int, heads: int, q_len: int, kv_len: int, head_dim: i
   return flops * (3.5 if backward else 1.0)
 
 
-def attention_fn(impl: str, causal: bool):
-  """`(q, k, v) -> out` of one path."""
-  if impl == "cudnn":
+def attention_fn(impl: str, causal: bool, **options):
+  """`(q, k, v) -> out` of one path; `options` go to `kernels.attention`."""
+  if impl == "cudnn" and not options:
     return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal,
                                                         implementation="cudnn")
-  return lambda q, k, v: kernels.attention(q, k, v, causal=causal, impl=impl)
+  return lambda q, k, v: kernels.attention(q, k, v, causal=causal, impl=impl, **options)
 
 
 def forward_backward_fn(fn):
@@ -60,17 +60,23 @@ def forward_backward_fn(fn):
 
 
 def run_point(impl: str, batch: int, seq: int, heads: int, head_dim: int, causal: bool,
-              dtype, reps: int, kv_heads: int | None = None) -> dict:
-  """Forward and forward+backward of one path at one shape; errors are recorded, not raised."""
+              dtype, reps: int, kv_heads: int | None = None, window=None) -> dict:
+  """Forward and forward+backward of one path at one shape; errors are recorded, not raised.
+
+  `window` is a `local_window_size`; the FLOPs counted are then those of the band.
+  """
   keys = jax.random.split(jax.random.key(0), 4)
   q = jax.random.normal(keys[0], (batch, seq, heads, head_dim), dtype)
   k, v = (jax.random.normal(key, (batch, seq, kv_heads or heads, head_dim), dtype)
           for key in keys[1:3])
   d_out = jax.random.normal(keys[3], q.shape, dtype)
-  fn = attention_fn(impl, causal)
+  fn = attention_fn(impl, causal, **({} if window is None else
+                                     {"local_window_size": tuple(window)}))
   record = {"impl": impl, "batch": batch, "seq": seq, "heads": heads,
             "kv_heads": kv_heads or heads, "head_dim": head_dim, "causal": causal,
             "dtype": jnp.dtype(dtype).name}
+  if window is not None:
+    record["local_window_size"] = list(window)
   for name, f, args, backward in (("fwd", fn, (q, k, v), False),
                                   ("fwd_bwd", forward_backward_fn(fn), (q, k, v, d_out), True)):
     try:
@@ -79,6 +85,8 @@ def run_point(impl: str, batch: int, seq: int, heads: int, head_dim: int, causal
       record[name] = {"error": f"{type(error).__name__}: {error}"[:_ERROR_CHARS]}
       continue
     flops = attention_flops(batch, heads, seq, seq, head_dim, causal, backward)
+    if window is not None:  # the band's share of the (causal) square
+      flops *= min(1.0, (sum(window) + 1) / (seq * (0.5 if causal else 1.0)))
     result["tflops"] = flops / result["median_s"] / 1e12
     record[name] = result
   return record
@@ -140,6 +148,25 @@ def crossover(reps: int) -> list[dict]:
   return records
 
 
+def window(reps: int, seq: int = 4096, size: int = 256) -> dict:
+  """Causal attention against a causal sliding window of `size` keys (B=1, H=4, D=64,
+  float32): the reference masks the same square, the chunked path skips the key blocks
+  outside the band, so its time should fall with the band's share."""
+  result = {"shape": dict(batch=1, seq=seq, heads=4, head_dim=64, dtype="float32"),
+            "window": [size, 0]}
+  for impl in ("xla", "xla_chunked"):
+    causal = run_point(impl, 1, seq, 4, 64, True, jnp.float32, reps)
+    banded = run_point(impl, 1, seq, 4, 64, True, jnp.float32, reps, window=(size, 0))
+    entry = {"causal": causal, "window": banded}
+    if "error" not in causal["fwd_bwd"] and "error" not in banded["fwd_bwd"]:
+      entry["fwd_bwd_speedup"] = causal["fwd_bwd"]["median_s"] / banded["fwd_bwd"]["median_s"]
+      entry["fwd_speedup"] = causal["fwd"]["median_s"] / banded["fwd"]["median_s"]
+    print(f"window {size} at seq {seq}, {impl}: fwd+bwd {entry.get('fwd_bwd_speedup', 0):.2f}x, "
+          f"fwd {entry.get('fwd_speedup', 0):.2f}x faster than causal", flush=True)
+    result[impl] = entry
+  return result
+
+
 def _fmt(entry: dict, key: str, scale: float = 1.0, spec: str = ".2f") -> str:
   if "error" in entry:
     return "err"
@@ -177,6 +204,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="xla_chunked vs xla at seq 8192, float32 (the CPU goal)")
   parser.add_argument("--crossover", action="store_true",
                       help="xla vs xla_chunked at short sequences")
+  parser.add_argument("--window", action="store_true",
+                      help="causal vs a causal sliding window of 256 at seq 4096 "
+                           "(attention_window_<backend>.json)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -208,6 +238,13 @@ def run(args: argparse.Namespace) -> int:
     record["crossover"] = crossover(args.reps)
   if args.cpu_target:
     record["cpu_target"] = cpu_target(args.reps)
+  if args.window:
+    seq = 512 if args.tiny else 4096
+    path = write_result(args, f"attention_window_{backend}",
+                        {"config": config, "window": window(args.reps, seq, seq // 16)})
+    print(f"wrote {path}")
+  if args.no_sweep and not (args.crossover or args.cpu_target):
+    return 0
   path = write_result(args, f"attention_{backend}", record)
 
   print(f"\nwrote {path}")

@@ -13,7 +13,7 @@ stack frame, spill stores and loads per thread (ptxas -v, sm_90a) and the reside
 per SM that follow (`bench._sm90.occupancy`). The JSON is rewritten after every case.
 
 The grid varies what changes the generated code: dtype, head dim, causal, the mask kind
-(attention); kernel size, stride, groups, dtype, activation, residual (conv). Sequence
+(attention: also a sliding window, and a soft cap with a differentiated bias); kernel size, stride, groups, dtype, activation, residual (conv). Sequence
 lengths (77, 1000, 4096) and GQA/MQA head layouts rotate over the cases.
 
 `check_against_device(record)` runs a few of the same cases on an attached GPU and compares
@@ -37,7 +37,10 @@ ATTENTION_KERNELS = ("flash_attention_",)
 CONV_KERNELS = ("conv_",)
 ATTENTION_DTYPES = ("bfloat16", "float16", "float32")
 HEAD_DIMS = (32, 59, 64, 80, 96, 128, 256)
-MASK_KINDS = ("none", "kv_lengths", "segments", "mask")
+# What reaches the kernels besides q, k, v: nothing, a length vector, segment ids, an int8
+# mask, a sliding window (the loops' bounds), a soft cap with a differentiated bias (a bias
+# tile in, a dbias tile out).
+MASK_KINDS = ("none", "kv_lengths", "segments", "mask", "window", "soft_cap_bias")
 SEQ_LENS = (77, 1000, 4096)
 HEAD_LAYOUTS = ((8, 8), (8, 2), (8, 1))  # (q heads, kv heads): MHA, GQA, MQA
 CONV_DTYPES = ("bfloat16", "float32")
@@ -113,9 +116,10 @@ def grid(only: str | None = None, dtype: str | None = None, quick: bool = False)
     cases += conv_cases()
   if dtype:
     cases = [c for c in cases if c.dtype == dtype]
-  if quick:  # one attention case per dtype, the largest head dim, and a few convolutions
+  if quick:  # per dtype, head dim 128 with a mask, a window, a soft-capped bias; a few convs
     keep = {"attention": lambda c: dict(c.params)["head_dim"] == 128
-                                   and dict(c.params)["mask"] == "mask"
+                                   and dict(c.params)["mask"] in ("mask", "window",
+                                                                  "soft_cap_bias")
                                    and dict(c.params)["causal"],
             "conv2d": lambda c: dict(c.params)["kernel"] == 3 and dict(c.params)["kind"] != "grouped",
             "causal_conv1d": lambda c: dict(c.params)["activation"] is None}
@@ -135,23 +139,32 @@ def build(case: Case, block_sizes=None):
   dtype = jnp.dtype(case.dtype)
   p = dict(case.params)
   if case.op == "attention":
-    from kernels.attention.gpu import attention_gpu
-    batch, seq = 2, p["seq"]
-    q = jax.ShapeDtypeStruct((batch, seq, p["q_heads"], p["head_dim"]), dtype)
+    from kernels.attention import attention
+    batch, seq, q_heads = 2, p["seq"], p["q_heads"]
+    q = jax.ShapeDtypeStruct((batch, seq, q_heads, p["head_dim"]), dtype)
     kv = jax.ShapeDtypeStruct((batch, seq, p["kv_heads"], p["head_dim"]), dtype)
     extra = {"kv_lengths": [jax.ShapeDtypeStruct((batch,), jnp.int32)],
              "segments": [jax.ShapeDtypeStruct((batch, seq), jnp.int32)] * 2,
              "mask": [jax.ShapeDtypeStruct((batch, 1, seq, seq), jnp.bool_)],
-             "none": []}[p["mask"]]
+             "soft_cap_bias": [jax.ShapeDtypeStruct((1, q_heads, seq, seq), jnp.float32)],
+             "none": [], "window": []}.get(p["mask"], [])
+    static = {"window": dict(local_window_size=(256, 0 if p["causal"] else 64)),
+              "soft_cap_bias": dict(logits_soft_cap=30.0)}.get(p["mask"], {})
 
     def attention_loss(q, k, v, *options):
       names = {"kv_lengths": ("kv_lengths",), "segments": ("q_segment_ids", "kv_segment_ids"),
-               "mask": ("mask",), "none": ()}[p["mask"]]
-      out = attention_gpu(q, k, v, causal=p["causal"], block_sizes=block_sizes,
-                          **dict(zip(names, options)))
+               "mask": ("mask",), "soft_cap_bias": ("bias",)}.get(p["mask"], ())
+      given = dict(zip(names, options))
+      if "q_segment_ids" in given:
+        given["segment_ids"] = (given.pop("q_segment_ids"), given.pop("kv_segment_ids"))
+      out = attention(q, k, v, causal=p["causal"], impl="pallas_gpu", interpret=False,
+                      block_sizes=block_sizes, **static, **given)
       return jnp.sum(out.astype(jnp.float32))
 
-    return jax.value_and_grad(attention_loss, argnums=(0, 1, 2)), [q, kv, kv, *extra], ATTENTION_KERNELS
+    # A bias is differentiated too (its gradient is the dq kernel's second output).
+    argnums = (0, 1, 2, 3) if p["mask"] == "soft_cap_bias" else (0, 1, 2)
+    return (jax.value_and_grad(attention_loss, argnums=argnums), [q, kv, kv, *extra],
+            ATTENTION_KERNELS)
   from kernels.conv.fused import FusedConfig, fused_conv2d
   from kernels.conv.layout import geometry
   if case.op == "causal_conv1d":

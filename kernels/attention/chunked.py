@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from kernels._indexing import as_int32
 from kernels._tiling import pad_axis, round_up
 from kernels.attention.block_sizes import BlockSizes
 from kernels.attention.reference import allowed_mask
@@ -108,7 +109,9 @@ def _block_allowed(masks: dict, spec: Spec, q_start, kv_start, block_q: int, blo
   """
   mask = masks["mask"]
   if mask is not None:
-    starts = (0, 0, q_start if mask.shape[2] > 1 else 0, kv_start if mask.shape[3] > 1 else 0)
+    zero = as_int32(0)
+    starts = (zero, zero, q_start if mask.shape[2] > 1 else zero,
+              kv_start if mask.shape[3] > 1 else zero)
     sizes = mask.shape[:2] + (min(block_q, mask.shape[2]), min(block_k, mask.shape[3]))
     mask = lax.dynamic_slice(mask, starts, sizes)  # [B or 1, Hq or 1, bq or 1, bk or 1]
   if spec.band is not None:
@@ -141,8 +144,9 @@ def _capped_logits(layout: _Layout, spec: Spec, q_blk, k_blk, q_start, kv_start,
   logits = t
   if layout.bias is not None:
     bias = layout.bias
-    bias = lax.dynamic_slice(bias, (0, 0, 0, q_start, kv_start), bias.shape[:3] + (block_q,
-                                                                                   block_k))
+    zero = as_int32(0)
+    bias = lax.dynamic_slice(bias, (zero, zero, zero, q_start, kv_start),
+                             bias.shape[:3] + (block_q, block_k))
     logits = logits + bias.astype(layout.compute)
   allowed = _block_allowed(layout.masks, spec, q_start, kv_start, block_q, block_k,
                            q_blk.shape[0], q_blk.shape[1])
@@ -166,12 +170,12 @@ def forward(q, k, v, bias, masks: Masks, spec: Spec):
 
   def q_block(i, carry):
     out, lse = carry
-    q_start = i * block_q
+    q_start = as_int32(i * block_q)  # int32 in both modes, as the band's block range
     q_blk = lax.dynamic_slice_in_dim(qg, q_start, block_q, 3)  # [B, Hkv, G, bq, D]
 
     def kv_step(j, state):
       row_max, row_sum, acc = state  # [B, Hkv, G, bq], [B, Hkv, G, bq], [..., bq, D]
-      kv_start = j * block_k
+      kv_start = as_int32(j * block_k)
       k_blk = lax.dynamic_slice_in_dim(kt, kv_start, block_k, 2)  # [B, Hkv, bk, D]
       v_blk = lax.dynamic_slice_in_dim(vt, kv_start, block_k, 2)  # [B, Hkv, bk, D]
       _, s = _capped_logits(layout, spec, q_blk, k_blk, q_start, kv_start, block_q, block_k)
@@ -229,13 +233,13 @@ def backward(q, k, v, bias, masks: Masks, spec: Spec, out, lse, d_out, delta,
 
   def kv_block(j, carry):
     dq, dk, dv, dbias = carry
-    kv_start = j * block_k
+    kv_start = as_int32(j * block_k)
     k_blk = lax.dynamic_slice_in_dim(kt, kv_start, block_k, 2)  # [B, Hkv, bk, D]
     v_blk = lax.dynamic_slice_in_dim(vt, kv_start, block_k, 2)  # [B, Hkv, bk, D]
 
     def q_step(i, state):
       dq, dk_blk, dv_blk, dbias = state
-      q_start = i * block_q
+      q_start = as_int32(i * block_q)
       q_blk = lax.dynamic_slice_in_dim(qg, q_start, block_q, 3)  # [B, Hkv, G, bq, D]
       do_blk = lax.dynamic_slice_in_dim(do, q_start, block_q, 3)  # [B, Hkv, G, bq, D]
       lse_blk = lax.dynamic_slice_in_dim(lse, q_start, block_q, 3)  # [B, Hkv, G, bq]
@@ -249,7 +253,8 @@ def backward(q, k, v, bias, masks: Masks, spec: Spec, out, lse, d_out, delta,
                       preferred_element_type=compute)  # [B, Hkv, G, bq, bk]
       d_logits = p * (dp - delta_blk[..., None])  # [B, Hkv, G, bq, bk]
       if dbias is not None:
-        dbias = lax.dynamic_update_slice(dbias, d_logits, (0, 0, 0, q_start, kv_start))
+        zero = as_int32(0)
+        dbias = lax.dynamic_update_slice(dbias, d_logits, (zero, zero, zero, q_start, kv_start))
       ds = (d_logits * soft_cap_grad(t, spec.soft_cap) * spec.scale).astype(q.dtype)
       dk_blk += jnp.einsum("bhgqk,bhgqd->bhkd", ds, q_blk, preferred_element_type=compute)
       dq_blk = lax.dynamic_slice_in_dim(dq, q_start, block_q, 3)

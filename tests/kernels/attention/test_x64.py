@@ -37,6 +37,13 @@ def _inputs(cases, kind: str, dtype=jnp.float32):
   q, k, v = cases.make_inputs(3, batch, q_len, kv_len, q_heads, kv_heads, head_dim, dtype)
   options = cases.make_options(3, batch, q_len, kv_len, q_heads, "all")
   options["causal"] = kind == "causal"
+  # The newer options too: a float32 bias and a soft cap on both kinds, a bottom-right
+  # window (traced loop bounds) with the causal one.
+  rng = np.random.default_rng(5)
+  options["bias"] = jnp.asarray(rng.standard_normal((1, q_heads, q_len, kv_len)), jnp.float32)
+  options["logits_soft_cap"] = 4.0
+  if kind == "causal":
+    options.update(local_window_size=(9, 0), causal_alignment="bottom_right")
   options = jax.tree.map(
       lambda x: x.astype(jnp.int64) if jnp.issubdtype(getattr(x, "dtype", bool), jnp.integer)
       else x, options)
@@ -67,6 +74,7 @@ def _reference64(cases, kind: str):
   if kind not in _REFERENCE64:
     args, options, cotangent = _inputs(cases, kind)
     args64 = [jnp.asarray(x, jnp.float64) for x in (*args, cotangent)]
+    options = dict(options, bias=jnp.asarray(options["bias"], jnp.float64))
     grads, out = _grads_and_out("xla", args64[:3], options, args64[3])
     _REFERENCE64[kind] = [np.asarray(g) for g in grads], np.asarray(out)
   return _REFERENCE64[kind]
@@ -111,27 +119,25 @@ def test_output_and_grad_dtypes_are_the_inputs(attention_cases, x64, dtype):
     assert [x.dtype for x in (out, *grads)] == [jnp.dtype(dtype)] * 4, impl
 
 
-def _lower(attention_fn, platform, cases):
-  """The Triton or Mosaic lowering of forward and backward, under x64; no device needed."""
+def _lower(impl, platform, cases):
+  """The Triton or Mosaic lowering of forward and backward (the bias' gradient too), with
+  every option, under x64; no device needed."""
   (q, k, v), options, _ = _inputs(cases, "causal")
-  q_seg, kv_seg = options.pop("segment_ids")
+  bias = options.pop("bias")
 
-  def loss(q, k, v):
-    out = attention_fn(q, k, v, causal=True, mask=options["mask"],
-                       q_lengths=options["q_lengths"], kv_lengths=options["kv_lengths"],
-                       q_segment_ids=q_seg, kv_segment_ids=kv_seg, scale=0.1,
-                       block_sizes=BlockSizes(16, 16, 16, 16), interpret=False)
-    return jnp.sum(out)
+  def loss(q, k, v, bias):
+    out, lse = kernels.attention(q, k, v, bias, scale=0.1, impl=impl, interpret=False,
+                                 block_sizes=BlockSizes(16, 16, 16, 16), return_residual=True,
+                                 **options)
+    return jnp.sum(out) + jnp.sum(jnp.where(jnp.isfinite(lse), lse, 0.0))
 
-  return jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, k, v).lower(
+  return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).trace(q, k, v, bias).lower(
       lowering_platforms=(platform,)).as_text()
 
 
 def test_lowers_for_cuda(attention_cases, as_if_on_gpu, x64):
-  from kernels.attention.gpu import attention_gpu
-  assert _lower(attention_gpu, "cuda", attention_cases).count("__gpu$xla.gpu.triton") == 3
+  assert _lower("pallas_gpu", "cuda", attention_cases).count("__gpu$xla.gpu.triton") == 3
 
 
 def test_lowers_for_tpu(attention_cases, as_if_on_tpu, x64):
-  from kernels.attention.tpu import attention_tpu
-  assert _lower(attention_tpu, "tpu", attention_cases).count("tpu_custom_call") == 3
+  assert _lower("pallas_tpu", "tpu", attention_cases).count("tpu_custom_call") == 3

@@ -73,6 +73,11 @@ class MultiHeadSelfAttention(nn.Module):
     rope_base: None for no position information here; a number > 1 rotates
       queries and keys by their positions (`rotary_embedding`), so scores
       depend on relative offsets.
+    local_window_size: `(left, right)` (or an int for both): position `i`
+      attends only positions `i - left ... i + right` (sliding-window
+      attention, as Mistral's; with `causal`, `(w, 0)`); None for all.
+    logits_soft_cap: `c` to cap the attention logits at `c * tanh(s / c)`
+      (Gemma 2); None for none.
     dtype: the computation dtype of the projections and the attention
       (jnp.bfloat16 for mixed precision); None promotes the inputs' and
       parameters' dtypes, as Flax layers do. bfloat16 needs no loss scaling:
@@ -88,6 +93,8 @@ class MultiHeadSelfAttention(nn.Module):
   attention_impl: str = "auto"
   use_bias: bool = False
   rope_base: float | None = None
+  local_window_size: int | tuple[int, int] | None = None
+  logits_soft_cap: float | None = None
   dtype: jnp.dtype | None = None
   param_dtype: jnp.dtype = jnp.float32
 
@@ -160,6 +167,8 @@ class MultiHeadSelfAttention(nn.Module):
       k = rotary_embedding(k, positions, base=self.rope_base)
     y = kernels.attention(q, k, v, causal=self.causal, mask=mask, q_lengths=lengths,
                           kv_lengths=lengths, segment_ids=segment_ids,
+                          local_window_size=self.local_window_size,
+                          logits_soft_cap=self.logits_soft_cap,
                           impl=self.attention_impl)             # [B, T, H, Dh]
     y = nn.DenseGeneral(features, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
                         param_dtype=self.param_dtype, name="out")(y)

@@ -85,6 +85,8 @@ class TransformerBlock(nn.Module):
     attention_impl: the `impl` of `kernels.attention`.
     rope_base: rotary position embeddings in the attention with this base;
       None for none.
+    local_window_size, logits_soft_cap: sliding-window attention and the
+      logits' soft cap, as in `MultiHeadSelfAttention`.
     dtype: the computation dtype of every layer (jnp.bfloat16 for mixed
       precision); None promotes the inputs' and parameters' dtypes, as Flax
       layers do. LayerNorm computes its statistics in float32 either way.
@@ -99,6 +101,8 @@ class TransformerBlock(nn.Module):
   causal: bool = False
   attention_impl: str = "auto"
   rope_base: float | None = None
+  local_window_size: int | tuple[int, int] | None = None
+  logits_soft_cap: float | None = None
   dtype: jnp.dtype | None = None
   param_dtype: jnp.dtype = jnp.float32
 
@@ -138,7 +142,10 @@ class TransformerBlock(nn.Module):
     y = MultiHeadSelfAttention(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
                                causal=self.causal, dropout_rate=self.dropout_rate,
                                attention_impl=self.attention_impl,
-                               rope_base=self.rope_base, name="attention", **dtypes)(
+                               rope_base=self.rope_base,
+                               local_window_size=self.local_window_size,
+                               logits_soft_cap=self.logits_soft_cap, name="attention",
+                               **dtypes)(
                                    y, train=train, mask=mask, lengths=lengths,
                                    segment_ids=segment_ids, positions=positions)
     x = x + y
@@ -303,6 +310,11 @@ class DecoderLM(nn.Module):
       num_heads` must be even). Rotary positions let attention find
       neighbouring tokens from the first steps, which speeds up early
       training markedly on character-level text.
+    local_window_size: each token attends only the `local_window_size`
+      tokens before it (sliding-window attention, as Mistral's; the kernels
+      skip the key blocks outside the window); None for all before it.
+    logits_soft_cap: `c` to cap the attention logits at `c * tanh(s / c)`
+      (Gemma 2); None for none.
     dtype: the computation dtype of every layer (jnp.bfloat16 for mixed
       precision); None promotes the inputs' and parameters' dtypes, as Flax
       layers do. LayerNorm computes its statistics in float32 either way.
@@ -325,6 +337,8 @@ class DecoderLM(nn.Module):
   attention_impl: str = "auto"
   tie_embeddings: bool = True
   rope_base: float | None = None
+  local_window_size: int | None = None
+  logits_soft_cap: float | None = None
   dtype: jnp.dtype | None = None
   param_dtype: jnp.dtype = jnp.float32
   remat: bool = False
@@ -389,7 +403,10 @@ class DecoderLM(nn.Module):
       h = block_cls(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
                     mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout_rate,
                     causal=True, attention_impl=self.attention_impl,
-                    rope_base=self.rope_base, name=f"block_{i}", **dtypes)(
+                    rope_base=self.rope_base,
+                    local_window_size=(None if self.local_window_size is None
+                                       else (self.local_window_size, 0)),
+                    logits_soft_cap=self.logits_soft_cap, name=f"block_{i}", **dtypes)(
                         h, train, segment_ids=segment_ids, positions=positions)
     h = nn.LayerNorm(name="ln_final", **dtypes)(h)
     if self.tie_embeddings:

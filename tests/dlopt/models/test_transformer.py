@@ -399,3 +399,29 @@ def test_docstring_synopsis_runs(module):
   result = doctest.testmod(module, verbose=False)
   assert result.attempted > 0
   assert result.failed == 0
+
+
+def test_decoder_sliding_window_sees_only_its_window():
+  """One layer, a window of 3: token 2 reaches positions 2..5 and nothing else."""
+  model = models.DecoderLM(vocab_size=11, num_layers=1, width=16, num_heads=2, max_len=16,
+                    local_window_size=3)
+  tokens = jax.random.randint(jax.random.key(0), (1, 12), 0, 11)
+  variables = model.init(jax.random.key(1), tokens)
+  changed = tokens.at[0, 2].set((tokens[0, 2] + 1) % 11)
+  diff = np.abs(np.asarray(model.apply(variables, changed) - model.apply(variables, tokens)))
+  reached = diff.max(-1)[0] > 0
+  np.testing.assert_array_equal(reached, (np.arange(12) >= 2) & (np.arange(12) <= 5))
+
+
+def test_attention_soft_cap_flattens_the_logits():
+  """A tiny soft cap makes every logit ~0: each output is the mean of the values."""
+  x = jax.random.normal(jax.random.key(2), (2, 7, 12))
+  layer = models.MultiHeadSelfAttention(num_heads=3, logits_soft_cap=1e-6)
+  variables = layer.init(jax.random.key(3), x)
+  params = variables["params"]
+  values = jnp.einsum("btf,fhd->bthd", x, params["value"]["kernel"])
+  mean = jnp.broadcast_to(values.mean(1, keepdims=True), values.shape)
+  expected = jnp.einsum("bthd,hdf->btf", mean, params["out"]["kernel"])
+  np.testing.assert_allclose(layer.apply(variables, x), expected, atol=1e-5, rtol=0)
+  uncapped = models.MultiHeadSelfAttention(num_heads=3).apply(variables, x)
+  assert np.abs(np.asarray(uncapped - expected)).max() > 1e-2

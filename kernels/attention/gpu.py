@@ -67,7 +67,7 @@ _DEFAULT_NUM_STAGES = 2
 
 
 @dataclasses.dataclass(frozen=True)
-class _Math:
+class _Options:
   """What every kernel computes with (static).
 
   Attributes:
@@ -133,28 +133,33 @@ def _allowed(band, q_start, k_start, block_q, block_k, *, q_seg, kv_seg, kv_vali
   return allowed
 
 
-def _logits(q, k, bias, allowed, math: _Math):
-  """The logits of one tile, `cap(scale * q k^T) + bias`, masked to `-inf`.
+def _scores(q, k, opts: _Options):
+  """`cap(scale * q k^T)`, float32 `[block_q, block_k]`, of `q [block_q, D]`, `k [block_k, D]`.
+
+  The kernels compute it before they load the tile's masks and bias: loaded first, those
+  stay live across the dot (for sm_90a, `python -m bench gpu-compile`: the 16-bit head dim
+  64 forward with segment ids or a mask took 138-145 registers instead of 128, so 1 block
+  per SM instead of 2, and some float32 dk/dv programs spilled).
+  """
+  return soft_cap(_dot(q, k, precision=opts.precision, trans_b=True) * opts.scale, opts.cap)
+
+
+def _logits(t, bias, allowed):
+  """The logits `t + bias` of one tile, masked to `-inf`.
 
   Args:
-    q: `[block_q, D]`; k: `[block_k, D]`.
+    t: float32 `[block_q, block_k]`, the capped scores (`_scores`).
     bias: `[block_q, block_k]` (any float dtype) or None.
     allowed: bool `[block_q, block_k]` or None.
-    math: the static options.
-
-  Returns:
-    `(t, logits)`, float32 `[block_q, block_k]`: the capped scores (the backward needs
-    them for the cap's derivative) and the masked logits.
   """
-  t = soft_cap(_dot(q, k, precision=math.precision, trans_b=True) * math.scale, math.cap)
   logits = t if bias is None else t + bias.astype(jnp.float32)
   if allowed is not None:
     logits = jnp.where(allowed, logits, -jnp.inf)
-  return t, logits
+  return logits
 
 
 def _fwd_kernel(q_ref, k_ref, v_ref, bias_ref, q_seg_ref, kv_seg_ref, kv_valid_ref,
-                mask_ref, o_ref, lse_ref, *, math, block_q, block_k):
+                mask_ref, o_ref, lse_ref, *, opts, block_q, block_k):
   """One query block of one (batch, head): online softmax over the key blocks.
 
   Refs (batch and head squeezed): q `[block_q, D]`, k and v `[Tk, D]`, bias
@@ -171,12 +176,12 @@ def _fwd_kernel(q_ref, k_ref, v_ref, bias_ref, q_seg_ref, kv_seg_ref, kv_valid_r
     acc, m_prev, l_prev = carry  # [block_q, D], [block_q], [block_q]
     k_start = k_block * block_k
     k_slice = pl.ds(k_start, block_k)
-    k = k_ref[k_slice, :]  # [block_k, D]
-    allowed = _allowed(math.band, q_start, k_start, block_q, block_k, q_seg=q_seg,
+    t = _scores(q, k_ref[k_slice, :], opts)  # [block_q, block_k]
+    allowed = _allowed(opts.band, q_start, k_start, block_q, block_k, q_seg=q_seg,
                        kv_seg=_load(kv_seg_ref, k_slice),
                        kv_valid=_load(kv_valid_ref, k_slice),
                        mask_tile=_load(mask_ref, slice(None), k_slice))
-    _, s = _logits(q, k, _load(bias_ref, slice(None), k_slice), allowed, math)
+    s = _logits(t, _load(bias_ref, slice(None), k_slice), allowed)
     m_next = jnp.maximum(m_prev, jnp.max(s, axis=1))  # [block_q]
     # Rows that have seen no allowed key yet keep m = -inf; subtract 0 from them instead,
     # so that exp() gives 0 rather than exp(-inf - -inf) = nan.
@@ -186,29 +191,30 @@ def _fwd_kernel(q_ref, k_ref, v_ref, bias_ref, q_seg_ref, kv_seg_ref, kv_valid_r
     l_next = correction * l_prev + jnp.sum(p, axis=1)  # [block_q]
     v = v_ref[k_slice, :]  # [block_k, D]
     acc = correction[:, None] * acc + _dot(p.astype(v.dtype), v,
-                                           precision=math.precision)  # [block_q, D]
+                                           precision=opts.precision)  # [block_q, D]
     return acc, m_next, l_next
 
   acc = jnp.zeros((block_q, head_dim), jnp.float32)
   m = jnp.full((block_q,), -jnp.inf, jnp.float32)
   l = jnp.zeros((block_q,), jnp.float32)
-  first, stop = kv_block_range(math.band, q_start, block_q, block_k, kv_len // block_k)
+  first, stop = kv_block_range(opts.band, q_start, block_q, block_k, kv_len // block_k)
   acc, m, l = fori_loop(first, stop, body, (acc, m, l))
   empty = l == 0.0  # [block_q]: rows with nothing to attend
   o_ref[...] = (acc / jnp.where(empty, 1.0, l)[:, None]).astype(o_ref.dtype)
   lse_ref[...] = jnp.where(empty, -jnp.inf, m + jnp.log(jnp.where(empty, 1.0, l)))
 
 
-def _tile_grads(q, k, v, do, lse, delta, bias, allowed, math: _Math):
+def _tile_grads(t, v, do, lse, delta, bias, allowed, opts: _Options):
   """The backward of one tile (FlashAttention-2, Algorithm 2, lines 11-16).
 
   Args:
-    q: `[block_q, D]`; k, v: `[block_k, D]`; do: `[block_q, D]`.
+    t: float32 `[block_q, block_k]`, the capped scores (`_scores`).
+    v: `[block_k, D]`; do: `[block_q, D]`.
     lse: float32 `[block_q]`, `+inf` on rows that pass no gradient.
     delta: float32 `[block_q]`.
     bias: `[block_q, block_k]` or None.
     allowed: bool `[block_q, block_k]` or None.
-    math: the static options.
+    opts: the static options.
 
   Returns:
     p: float32 `[block_q, block_k]`, the probabilities.
@@ -216,16 +222,16 @@ def _tile_grads(q, k, v, do, lse, delta, bias, allowed, math: _Math):
     ds: float32 `[block_q, block_k]`, d(loss)/d(q k^T): `dlogits` through the soft cap's
       derivative, times the scale.
   """
-  t, logits = _logits(q, k, bias, allowed, math)
+  logits = _logits(t, bias, allowed)  # [block_q, block_k]
   p = jnp.exp(logits - lse[:, None])  # [block_q, block_k]
-  dp = _dot(do, v, precision=math.precision, trans_b=True)  # [block_q, block_k]
+  dp = _dot(do, v, precision=opts.precision, trans_b=True)  # [block_q, block_k]
   dlogits = p * (dp - delta[:, None])  # [block_q, block_k]
-  ds = dlogits * (soft_cap_grad(t, math.cap) * math.scale)  # [block_q, block_k]
+  ds = dlogits * (soft_cap_grad(t, opts.cap) * opts.scale)  # [block_q, block_k]
   return p, dlogits, ds
 
 
 def _dq_kernel(q_ref, k_ref, v_ref, bias_ref, do_ref, lse_ref, delta_ref, q_seg_ref,
-               kv_seg_ref, kv_valid_ref, mask_ref, dq_ref, dbias_ref, *, math, block_q,
+               kv_seg_ref, kv_valid_ref, mask_ref, dq_ref, dbias_ref, *, opts, block_q,
                block_k):
   """dq (and the bias gradient) of one query block: iterates over the key blocks.
 
@@ -248,20 +254,21 @@ def _dq_kernel(q_ref, k_ref, v_ref, bias_ref, do_ref, lse_ref, delta_ref, q_seg_
     k_slice = pl.ds(k_start, block_k)
     k = k_ref[k_slice, :]  # [block_k, D]
     v = v_ref[k_slice, :]  # [block_k, D]
-    allowed = _allowed(math.band, q_start, k_start, block_q, block_k, q_seg=q_seg,
+    t = _scores(q, k, opts)  # [block_q, block_k]
+    allowed = _allowed(opts.band, q_start, k_start, block_q, block_k, q_seg=q_seg,
                        kv_seg=_load(kv_seg_ref, k_slice),
                        kv_valid=_load(kv_valid_ref, k_slice),
                        mask_tile=_load(mask_ref, slice(None), k_slice))
-    _, dlogits, ds = _tile_grads(q, k, v, do, lse, delta,
-                                 _load(bias_ref, slice(None), k_slice), allowed, math)
+    _, dlogits, ds = _tile_grads(t, v, do, lse, delta,
+                                 _load(bias_ref, slice(None), k_slice), allowed, opts)
     if dbias_ref is not None:
       dbias_ref[:, k_slice] = dlogits
-    return dq + _dot(ds.astype(k.dtype), k, precision=math.precision)  # [block_q, D]
+    return dq + _dot(ds.astype(k.dtype), k, precision=opts.precision)  # [block_q, D]
 
-  first, stop = kv_block_range(math.band, q_start, block_q, block_k, num_k_blocks)
+  first, stop = kv_block_range(opts.band, q_start, block_q, block_k, num_k_blocks)
   dq = fori_loop(first, stop, body, jnp.zeros((block_q, head_dim), jnp.float32))
   dq_ref[...] = dq.astype(dq_ref.dtype)
-  if dbias_ref is not None and math.band is not None:
+  if dbias_ref is not None and opts.band is not None:
     # The skipped key blocks' bias gradient is 0: blocks [0, first) and [stop, end).
     zeros = jnp.zeros((block_q, block_k), jnp.float32)
 
@@ -275,7 +282,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, bias_ref, do_ref, lse_ref, delta_ref, q_seg_
 
 
 def _dkv_kernel(q_ref, k_ref, v_ref, bias_ref, do_ref, lse_ref, delta_ref, q_seg_ref,
-                kv_seg_ref, kv_valid_ref, mask_ref, dk_ref, dv_ref, *, math, block_q,
+                kv_seg_ref, kv_valid_ref, mask_ref, dk_ref, dv_ref, *, opts, block_q,
                 block_k):
   """dk and dv of one key block, for one query head: iterates over the query blocks.
 
@@ -296,18 +303,19 @@ def _dkv_kernel(q_ref, k_ref, v_ref, bias_ref, do_ref, lse_ref, delta_ref, q_seg
     q_slice = pl.ds(q_start, block_q)
     q = q_ref[q_slice, :]  # [block_q, D]
     do = do_ref[q_slice, :]  # [block_q, D]
-    allowed = _allowed(math.band, q_start, k_start, block_q, block_k,
+    t = _scores(q, k, opts)  # [block_q, block_k]
+    allowed = _allowed(opts.band, q_start, k_start, block_q, block_k,
                        q_seg=_load(q_seg_ref, q_slice), kv_seg=kv_seg, kv_valid=kv_valid,
                        mask_tile=_load(mask_ref, q_slice, slice(None)))
-    p, _, ds = _tile_grads(q, k, v, do, lse_ref[q_slice], delta_ref[q_slice],
-                           _load(bias_ref, q_slice, slice(None)), allowed, math)
-    dv = dv + _dot(p.astype(do.dtype), do, precision=math.precision,
+    p, _, ds = _tile_grads(t, v, do, lse_ref[q_slice], delta_ref[q_slice],
+                           _load(bias_ref, q_slice, slice(None)), allowed, opts)
+    dv = dv + _dot(p.astype(do.dtype), do, precision=opts.precision,
                    trans_a=True)  # [block_k, D]
-    dk = dk + _dot(ds.astype(q.dtype), q, precision=math.precision,
+    dk = dk + _dot(ds.astype(q.dtype), q, precision=opts.precision,
                    trans_a=True)  # [block_k, D]
     return dk, dv
 
-  first, stop = q_block_range(math.band, k_start, block_k, block_q, q_len // block_q)
+  first, stop = q_block_range(opts.band, k_start, block_k, block_q, q_len // block_q)
   zeros = jnp.zeros((block_k, head_dim), jnp.float32)
   dk, dv = fori_loop(first, stop, body, (zeros, zeros))
   dk_ref[...] = dk.astype(dk_ref.dtype)
@@ -328,7 +336,7 @@ def _block(requested: int, length: int) -> int:
 class _Config:
   """The static layout of one call: tiles, padded sizes, Triton's options."""
 
-  math: _Math
+  opts: _Options
   block_q: int
   block_k: int
   block_q_bwd: int
@@ -355,7 +363,7 @@ def _config(spec: Spec, q, k) -> _Config:
   block_k, block_k_bwd = _block(tiles.block_k, kv_len), _block(tiles.block_k_bwd, kv_len)
   precision = float32_dot_precision(getattr(tiles, "float32_dot", None), spec.interpret)
   return _Config(
-      math=_Math(scale=spec.scale, band=spec.band, cap=spec.soft_cap, precision=precision),
+      opts=_Options(scale=spec.scale, band=spec.band, cap=spec.soft_cap, precision=precision),
       block_q=block_q, block_k=block_k, block_q_bwd=block_q_bwd, block_k_bwd=block_k_bwd,
       # Blocks are powers of two, so padding to the largest fits every kernel's tiling.
       q_pad=round_up(q_len, max(block_q, block_q_bwd)),
@@ -464,7 +472,7 @@ def forward(q, k, v, bias, masks: Masks, spec: Spec):
   q_spec = pl.BlockSpec((None, block_q, None, dim_pad), lambda i, b, h: (b, i, h, 0))
   kv_spec = pl.BlockSpec((None, kv_pad, None, dim_pad), lambda i, b, h: (b, 0, h // group, 0))
   out, lse = pl.pallas_call(
-      functools.partial(_fwd_kernel, math=config.math, block_q=block_q, block_k=block_k),
+      functools.partial(_fwd_kernel, opts=config.opts, block_q=block_q, block_k=block_k),
       grid=(q_pad // block_q, batch, q_heads),
       in_specs=[q_spec, kv_spec, kv_spec, _row_tiles(ops.bias, block_q, kv_pad),
                 _vector(ops.q_seg, block_q), _whole_vector(ops.kv_seg),
@@ -524,7 +532,7 @@ def backward(q, k, v, bias, masks: Masks, spec: Spec, out, lse, d_out, delta,
     out_specs.append(pl.BlockSpec((None, None, block_q, kv_pad),
                                   lambda i, b, h: (b, h, i, 0)))
     out_shape.append(jax.ShapeDtypeStruct((batch, q_heads, q_pad, kv_pad), jnp.float32))
-  kernel = functools.partial(_dq_kernel, math=config.math, block_q=block_q, block_k=block_k)
+  kernel = functools.partial(_dq_kernel, opts=config.opts, block_q=block_q, block_k=block_k)
   if not bias_grad:
     kernel = functools.partial(kernel, dbias_ref=None)
   dq, *dbias = pl.pallas_call(
@@ -550,7 +558,7 @@ def backward(q, k, v, bias, masks: Masks, spec: Spec, out, lse, d_out, delta,
   dkv_dtype = k.dtype if group == 1 else jnp.float32
   dkv_shape = jax.ShapeDtypeStruct((batch, kv_pad, q_heads, dim_pad), dkv_dtype)
   dk, dv = pl.pallas_call(
-      functools.partial(_dkv_kernel, math=config.math, block_q=block_q, block_k=block_k),
+      functools.partial(_dkv_kernel, opts=config.opts, block_q=block_q, block_k=block_k),
       grid=(kv_pad // block_k, batch, q_heads),
       in_specs=[q_whole, kv_block, kv_block, _column_tiles(ops.bias, q_pad, block_k),
                 q_whole, row_whole, row_whole, _whole_vector(ops.q_seg),

@@ -47,10 +47,8 @@ def attention_flops(batch: int, heads: int, q_len: int, kv_len: int, head_dim: i
 
 
 def attention_fn(impl: str, causal: bool, **options):
-  """`(q, k, v) -> out` of one path; `options` go to `kernels.attention`."""
-  if impl == "cudnn" and not options:
-    return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal,
-                                                        implementation="cudnn")
+  """`(q, k, v) -> out` of one path ("cudnn" is `jax.nn`'s, through `kernels.attention`);
+  `options` go to `kernels.attention`."""
   return lambda q, k, v: kernels.attention(q, k, v, causal=causal, impl=impl, **options)
 
 

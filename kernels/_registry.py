@@ -32,13 +32,15 @@ class Implementation:
     """Whether it runs on `platform` (natively, or interpreted)."""
     return self.interpretable or platform in self.platforms
 
-  def check(self, used: set, platform: str, hints: dict | None = None) -> None:
+  def check(self, used: set, platform: str, hints: dict | None = None,
+            instead: str = "") -> None:
     """Raises `ValueError` unless it runs on `platform` and supports every option in `used`.
 
     Args:
       used: the option names a call asks for.
       platform: `jax.default_backend()`.
       hints: how to spell an option in the message, by name.
+      instead: what to use instead, appended to the message of a missing option.
     """
     if not self.supported_on(platform):
       raise ValueError(f"impl={self.name!r} runs only on {' or '.join(self.platforms)}; "
@@ -46,4 +48,5 @@ class Implementation:
     missing = sorted(set(used) - self.supports)
     if missing:
       names = ", ".join((hints or {}).get(name, name) for name in missing)
-      raise ValueError(f"impl={self.name!r} does not support {names}")
+      raise ValueError(f"impl={self.name!r} does not support {names}"
+                       + (f"; {instead}" if instead else ""))

@@ -8,6 +8,7 @@ lacks fails here, naming both, before anything is traced.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -18,12 +19,14 @@ from kernels.attention.block_sizes import BlockSizes
 from kernels.attention.reference import attention_reference
 from kernels.attention.spec import ALIGNMENTS, Masks, Spec, make_band
 
-__all__ = ["AUTO_TABLE", "AutoChoice", "IMPLEMENTATIONS", "IMPLS", "Implementation", "attention"]
+__all__ = ["AUTO_TABLE", "AutoChoice", "IMPLEMENTATIONS", "IMPLS", "attention"]
 
 # The options a path may support (capabilities), by the names of `attention`'s arguments.
 OPTIONS = ("bias", "mask", "causal", "bottom_right", "local_window_size", "logits_soft_cap",
            "lengths", "segment_ids", "return_residual", "float32", "float64")
 _ALL = frozenset(OPTIONS)
+_HINTS = {"float32": "float32 inputs", "float64": "float64 inputs",
+          "bottom_right": "causal_alignment='bottom_right' with q_len != kv_len"}
 
 
 IMPLEMENTATIONS = {
@@ -42,7 +45,6 @@ IMPLEMENTATIONS = {
     )
 }
 IMPLS = ("auto", "xla", "xla_chunked", "pallas", "pallas_gpu", "pallas_tpu", "cudnn")
-
 
 
 class AutoChoice(NamedTuple):
@@ -152,7 +154,8 @@ def attention(q, k, v, bias=None, mask=None, *, causal: bool = False,
   impl = _resolve(impl, platform, q_len * kv_len)
   used = _options_used(q, bias, mask, causal, causal_alignment, q_len, kv_len, window,
                        soft_cap, lengths, q_seg, return_residual)
-  _check_supported(IMPLEMENTATIONS[impl], used, platform)
+  IMPLEMENTATIONS[impl].check(used, platform, hints=_HINTS,
+                              instead="impl='xla' and 'xla_chunked' support every option")
   q_lengths, kv_lengths = lengths
   if impl == "xla":
     result = attention_reference(
@@ -223,18 +226,6 @@ def _options_used(q, bias, mask, causal, alignment, q_len, kv_len, window, soft_
   return {name for name, used in flags.items() if used}
 
 
-def _check_supported(implementation: Implementation, used: set, platform: str):
-  """Raises unless `implementation` runs here and takes every option in `used`."""
-  try:
-    implementation.check(used, platform, hints={
-        "float32": "float32 inputs", "float64": "float64 inputs",
-        "bottom_right": "causal_alignment='bottom_right' with q_len != kv_len"})
-  except ValueError as error:
-    if "does not support" not in str(error):
-      raise
-    raise ValueError(f"{error}; impl='xla' and 'xla_chunked' support every option") from None
-
-
 def _check_arrays(q, k, v):
   for name, x in (("q", q), ("k", k), ("v", v)):
     if not hasattr(x, "shape") or len(x.shape) != 4:
@@ -258,7 +249,7 @@ def _check_arrays(q, k, v):
 
 
 def _is_int(x) -> bool:
-  return isinstance(x, int) and not isinstance(x, bool)
+  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _check_window(window):
@@ -270,7 +261,7 @@ def _check_window(window):
       or not all(_is_int(x) and x >= 0 for x in pair)):
     raise ValueError("local_window_size must be None, an int >= 0 or a pair (left, right) of "
                      f"ints >= 0; got {window!r}")
-  return tuple(pair)
+  return tuple(int(x) for x in pair)
 
 
 def _check_scalars(causal, alignment, soft_cap, scale, impl, block_sizes, return_residual,
@@ -280,7 +271,7 @@ def _check_scalars(causal, alignment, soft_cap, scale, impl, block_sizes, return
   if alignment not in ALIGNMENTS:
     raise ValueError(f"causal_alignment must be one of {ALIGNMENTS}; got {alignment!r}")
   for name, value in (("scale", scale), ("logits_soft_cap", soft_cap)):
-    if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+    if value is not None and not (isinstance(value, numbers.Real) and not isinstance(value, bool)
                                   and math.isfinite(value) and value > 0):
       raise ValueError(f"{name} must be None or a finite number > 0; got {value!r}")
   if impl not in IMPLS:

@@ -1,4 +1,5 @@
-"""Tile sizes of the attention kernels: one validated dataclass, defaults per backend.
+"""Tile sizes of the attention kernels: `BlockSizes` (the tiles, every backend) and
+`GpuBlockSizes` (with Triton's options), validated, with defaults per backend.
 
 The GPU defaults come from compiling every kernel for sm_90a (`python -m bench
 gpu-compile`, bench/results/gpu_compile_sm90.json): per head dim (padded to a power of two)

@@ -67,16 +67,16 @@ def attention_cudnn(q, k, v, bias, mask, *, causal: bool, local_window_size, q_l
       key_value_seq_lengths=kv_lengths, local_window_size=local_window_size,
       implementation=implementation, return_residual=return_residual)
   out, lse = result if return_residual else (result, None)
-  batch, q_len, q_heads, _ = q.shape
-  allowed = allowed_mask(batch, q_len, k.shape[1], causal=causal, mask=mask,
-                         q_lengths=q_lengths, kv_lengths=kv_lengths,
-                         local_window_size=local_window_size)
-  if allowed is not None:  # rows with nothing to attend: 0, as every other path gives
-    empty = jnp.swapaxes(~jnp.any(allowed, axis=-1), 1, 2)  # [B, Tq, 1 or Hq]
-    out = jnp.where(empty[..., None], jnp.zeros((), out.dtype), out)
-    if lse is not None:
-      lse = jnp.where(empty, -jnp.inf, lse.astype(jnp.float32))
   if lse is not None:  # jax.nn passes no gradient through it: say so by stopping it
     lse = jax.lax.stop_gradient(lse.astype(jnp.float32))
-    return out, jnp.broadcast_to(lse, (batch, q_len, q_heads))
-  return out
+  batch, q_len, q_heads, _ = q.shape
+  # Top-left causal attention leaves every row its first key; only these can empty a row.
+  if any(x is not None for x in (mask, q_lengths, kv_lengths, local_window_size)):
+    allowed = allowed_mask(batch, q_len, k.shape[1], causal=causal, mask=mask,
+                           q_lengths=q_lengths, kv_lengths=kv_lengths,
+                           local_window_size=local_window_size)
+    empty = jnp.swapaxes(~jnp.any(allowed, axis=-1), 1, 2)  # [B, Tq, 1 or Hq]
+    out = jnp.where(empty[..., None], jnp.zeros((), out.dtype), out)
+    if lse is not None:  # rows with nothing to attend: 0 and -inf, as on every other path
+      lse = jnp.where(empty, -jnp.inf, lse)
+  return out if lse is None else (out, jnp.broadcast_to(lse, (batch, q_len, q_heads)))

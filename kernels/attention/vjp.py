@@ -61,7 +61,8 @@ def _value(x):
 
 
 def _attend_fwd(q, k, v, bias, masks, spec, backend):
-  # symbolic_zeros=True: every input arrives wrapped, saying whether it is differentiated.
+  # symbolic_zeros=True: every array input arrives wrapped, saying whether it is
+  # differentiated (a None bias arrives as None).
   bias_grad = bool(getattr(bias, "perturbed", False))
   q, k, v, bias, masks = jax.tree.map(
       _value, (q, k, v, bias, masks),
@@ -86,8 +87,7 @@ def _attend_bwd(spec, backend, residuals, cotangents):
   if not _is_zero(d_lse):  # [B, Hq, Tq]
     delta = delta - jnp.where(jnp.isfinite(lse), d_lse.astype(compute), 0.0)
   dq, dk, dv, dbias = _ops(backend).backward(q, k, v, bias, masks, spec, out, lse,
-                                             d_out.astype(q.dtype), delta,
-                                             bias is not None and bias_grad)
+                                             d_out.astype(q.dtype), delta, bias_grad)
   if dbias is not None:
     axes = tuple(axis for axis in range(2) if bias.shape[axis] == 1 and dbias.shape[axis] > 1)
     dbias = jnp.sum(dbias, axis=axes, keepdims=True).astype(bias.dtype)

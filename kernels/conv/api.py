@@ -149,10 +149,8 @@ def _resolve(impl: str, x, geo=None) -> tuple[str, bool]:
   if impl == "pallas":
     impl = "pallas_tpu" if platform == "tpu" else "pallas_gpu"
   used = {"float64"} if jnp.dtype(x.dtype) == jnp.float64 else set()
-  try:
-    IMPLEMENTATIONS[impl].check(used, platform, hints={"float64": "float64 inputs"})
-  except ValueError as error:
-    raise ValueError(f"{error}; impl='xla' and 'xla_implicit_gemm' take float64") from None
+  IMPLEMENTATIONS[impl].check(used, platform, hints={"float64": "float64 inputs"},
+                              instead="impl='xla' and 'xla_implicit_gemm' take float64")
   if impl == "xla":
     return "reference", False
   if impl == "xla_implicit_gemm":

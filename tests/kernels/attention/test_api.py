@@ -244,8 +244,7 @@ def test_auto_table_is_what_its_json_measured():
   assert steps == ((faster[0] ** 2, "xla"), (None, "xla_chunked"))
 
 
-def test_auto_off_the_cpu_uses_the_last_measured_table(monkeypatch):
-  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+def test_auto_off_the_cpu_uses_the_last_measured_table():
   assert api._resolve("auto", "gpu", 10) == "xla"
   assert api._resolve("auto", "gpu", 4096 ** 2) == "xla_chunked"
   assert api._resolve("pallas", "gpu", 10) == "pallas_gpu"
@@ -296,3 +295,12 @@ def test_matches_jax_nn_on_what_both_define():
                                                    **options)
   np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
   np.testing.assert_allclose(lse, their_lse, atol=1e-5, rtol=0)
+
+
+def test_numpy_scalars_are_numbers_and_ints():
+  q, k, v = _qkv()
+  ours = kernels.attention(q, k, v, local_window_size=(np.int64(3), np.int32(1)),
+                           logits_soft_cap=np.float32(2.0), scale=np.float32(0.5), impl="xla")
+  np.testing.assert_array_equal(ours, kernels.attention(q, k, v, local_window_size=(3, 1),
+                                                        logits_soft_cap=2.0, scale=0.5,
+                                                        impl="xla"))

@@ -76,10 +76,31 @@ def reference64_grads(q, k, v, cotangent, **options):
     return tuple(np.asarray(g) for g in grads)
 
 
+def reference64_full(q, k, v, cotangent, bias=None, lse_cotangent=None, **options):
+  """The float64 reference: its output `[B, Tq, Hq, D]`, log-sum-exp `[B, Tq, Hq]`, and the
+  gradients in q, k, v (and the bias, when given) of
+  `sum(out * cotangent) + sum(lse * lse_cotangent)` (finite lse only), as numpy float64."""
+  with jax.enable_x64(True):
+    f64 = lambda x: None if x is None else jnp.asarray(np.asarray(x, np.float64))
+    options = _reference_options(options)
+
+    def loss(q, k, v, bias):
+      out, lse = attention_reference(q, k, v, bias, return_residual=True, **options)
+      total = jnp.sum(out * f64(cotangent))
+      if lse_cotangent is not None:
+        total += jnp.sum(jnp.where(jnp.isfinite(lse), lse, 0.0) * f64(lse_cotangent))
+      return total, (out, lse)
+
+    argnums = (0, 1, 2) if bias is None else (0, 1, 2, 3)
+    grads, (out, lse) = jax.grad(loss, argnums, has_aux=True)(f64(q), f64(k), f64(v),
+                                                              f64(bias))
+    return np.asarray(out), np.asarray(lse), [np.asarray(g) for g in grads]
+
+
 @pytest.fixture
 def attention_cases():
   """The helpers above, as a fixture: `cases.make_inputs(...)`, `cases.TOLERANCE`, ..."""
   import types
   return types.SimpleNamespace(make_inputs=make_inputs, make_options=make_options,
                                reference64=reference64, reference64_grads=reference64_grads,
-                               TOLERANCE=TOLERANCE)
+                               reference64_full=reference64_full, TOLERANCE=TOLERANCE)

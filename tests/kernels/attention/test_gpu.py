@@ -45,28 +45,6 @@ def _run(q, k, v, bias, cotangent, block_sizes=BLOCKS, **options):
   return out, grads
 
 
-def _reference64(q, k, v, bias, cotangent, **options):
-  """The float64 reference's output and d/d(q, k, v[, bias]) of sum(out * cotangent)."""
-  options = dict(options)
-  segment_ids = options.pop("segment_ids", None)
-  if segment_ids is not None:
-    options["q_segment_ids"], options["kv_segment_ids"] = segment_ids
-  with jax.enable_x64(True):
-    args = [jnp.asarray(np.asarray(x, np.float64)) for x in (q, k, v, cotangent)]
-    bias64 = None if bias is None else jnp.asarray(np.asarray(bias, np.float64))
-    options = {key: jnp.asarray(np.asarray(val)) if hasattr(val, "shape") else val
-               for key, val in options.items()}
-
-    def loss(q, k, v, bias):
-      out = attention_reference(q, k, v, bias, **options)
-      return jnp.sum(out * args[3]), out
-
-    argnums = (0, 1, 2) if bias is None else (0, 1, 2, 3)
-    (_, out), grads = jax.value_and_grad(loss, argnums=argnums, has_aux=True)(
-        *args[:3], bias64)
-    return np.asarray(out), [np.asarray(g) for g in grads]
-
-
 def _check(cases, seed, shape, kind, dtype=jnp.float32, block_sizes=BLOCKS, bias=None,
            **extra):
   """Forward and grads of one case against the float64 reference; returns them.
@@ -88,7 +66,8 @@ def _check(cases, seed, shape, kind, dtype=jnp.float32, block_sizes=BLOCKS, bias
   cotangent = jnp.asarray(np.random.default_rng(seed + 7).standard_normal(q.shape),
                           jnp.float32)
   out, grads = _run(q, k, v, bias, cotangent, block_sizes, **options)
-  expected_out, expected_grads = _reference64(q, k, v, bias, cotangent, **options)
+  expected_out, _, expected_grads = cases.reference64_full(q, k, v, cotangent, bias=bias,
+                                                          **options)
   tol = cases.TOLERANCE[dtype]
   assert out.dtype == q.dtype and out.shape == q.shape
   np.testing.assert_allclose(np.asarray(out, np.float64), expected_out, rtol=0,
@@ -220,7 +199,8 @@ def test_random_masks(attention_cases, seed, causal, window, alignment, density)
   q, k, v = attention_cases.make_inputs(seed, batch, q_len, kv_len, q_heads, kv_heads, head_dim)
   cotangent = jnp.asarray(rng.standard_normal(q.shape), jnp.float32)
   out, grads = _run(q, k, v, None, cotangent, **options)
-  expected_out, expected_grads = _reference64(q, k, v, None, cotangent, **options)
+  expected_out, _, expected_grads = attention_cases.reference64_full(q, k, v, cotangent,
+                                                                    **options)
   tol = attention_cases.TOLERANCE[jnp.float32]
   np.testing.assert_allclose(np.asarray(out, np.float64), expected_out, rtol=0,
                              atol=tol["fwd"])

@@ -17,7 +17,6 @@ import kernels
 from kernels.attention import IMPLEMENTATIONS, BlockSizes
 from kernels.attention.api import OPTIONS
 from kernels.attention.cudnn import attention_cudnn
-from kernels.attention.reference import attention_reference
 
 # [B, Tq, Tk, Hq, Hkv, D]: lengths that are not block multiples, GQA.
 SHAPE = (2, 29, 40, 4, 2, 16)
@@ -70,32 +69,6 @@ def _used(options: dict, q_len: int, kv_len: int) -> set:
   return used
 
 
-def _reference(q, k, v, options: dict, cotangent, lse_cotangent):
-  """Output, lse and d/d(q, k, v, bias) of the float64 reference."""
-  options = dict(options)
-  bias = options.pop("bias", None)
-  residual = options.pop("return_residual", False)
-  segment_ids = options.pop("segment_ids", None)
-  with jax.enable_x64(True):
-    f64 = lambda x: None if x is None else jnp.asarray(np.asarray(x, np.float64))
-    args = [f64(x) for x in (q, k, v, bias)]
-    if segment_ids is not None:
-      options["q_segment_ids"], options["kv_segment_ids"] = segment_ids
-    options = {key: jnp.asarray(np.asarray(val)) if hasattr(val, "shape") else val
-               for key, val in options.items()}
-
-    def loss(q, k, v, bias):
-      out, lse = attention_reference(q, k, v, bias, return_residual=True, **options)
-      total = jnp.sum(out * f64(cotangent))
-      if residual:
-        total += jnp.sum(jnp.where(jnp.isfinite(lse), lse, 0.0) * f64(lse_cotangent))
-      return total, (out, lse)
-
-    argnums = (0, 1, 2, 3) if bias is not None else (0, 1, 2)
-    grads, (out, lse) = jax.grad(loss, argnums=argnums, has_aux=True)(*args)
-    return np.asarray(out), np.asarray(lse), [np.asarray(g) for g in grads]
-
-
 class AttentionPathTests:
   """The shared body; a subclass sets the path and what it supports."""
 
@@ -144,9 +117,11 @@ class AttentionPathTests:
 
     argnums = (0, 1, 2, 3) if bias is not None else (0, 1, 2)
     grads, (out, lse) = jax.jit(jax.grad(loss, argnums=argnums, has_aux=True))(q, k, v, bias)
-    want_out, want_lse, want_grads = _reference(
-        q, k, v, dict(options, bias=bias), cotangent,
-        lse_cotangent if self.LSE_GRADIENT else jnp.zeros_like(lse_cotangent))
+    reference_options = {key: val for key, val in options.items() if key != "return_residual"}
+    want_out, want_lse, want_grads = attention_cases.reference64_full(
+        q, k, v, cotangent, bias=bias,
+        lse_cotangent=lse_cotangent if residual and self.LSE_GRADIENT else None,
+        **reference_options)
     tol = TOLERANCE[self.DTYPE]
     assert out.dtype == q.dtype and out.shape == q.shape
     np.testing.assert_allclose(np.asarray(out, np.float64), want_out, rtol=0, atol=tol["fwd"])

@@ -22,7 +22,6 @@ import pytest
 import kernels
 from kernels._tiling import round_up
 from kernels.attention import BlockSizes, allowed_mask, tpu
-from kernels.attention.reference import attention_reference
 from kernels.attention.spec import make_band
 
 SMALL = BlockSizes(block_q=16, block_k=16, block_q_bwd=16, block_k_bwd=16)
@@ -48,24 +47,6 @@ def _empty_rows(q, k, options):
   return None if allowed is None else np.asarray(~jnp.any(allowed, axis=-1))
 
 
-def _reference64(q, k, v, bias, cotangent, options):
-  """The float64 reference: out `[B, Tq, Hq, D]`, lse `[B, Tq, Hq]` and the gradients of
-  `sum(out * cotangent)` in q, k, v (and the bias, when given), as numpy float64."""
-  with jax.enable_x64(True):
-    f64 = lambda x: None if x is None else jnp.asarray(np.asarray(x, np.float64))
-    options = {key: jnp.asarray(np.asarray(val)) if hasattr(val, "shape") else val
-               for key, val in _reference_options(options).items()}
-
-    def loss(q, k, v, bias):
-      out, lse = attention_reference(q, k, v, bias, return_residual=True, **options)
-      return jnp.sum(out * f64(cotangent)), (out, lse)
-
-    argnums = (0, 1, 2) if bias is None else (0, 1, 2, 3)
-    grads, (out, lse) = jax.grad(loss, argnums, has_aux=True)(f64(q), f64(k), f64(v),
-                                                              f64(bias))
-    return np.asarray(out), np.asarray(lse), [np.asarray(g) for g in grads]
-
-
 def _check(cases, q, k, v, options, bias=None, block_sizes=SMALL):
   """Forward, lse and the gradients of sum(out * cotangent) against the float64 reference.
 
@@ -86,7 +67,8 @@ def _check(cases, q, k, v, options, bias=None, block_sizes=SMALL):
   assert lse.shape == q.shape[:3] and lse.dtype == jnp.float32
   cotangent = jnp.asarray(np.random.default_rng(7).standard_normal(q.shape, np.float32),
                           q.dtype)
-  want_out, want_lse, want_grads = _reference64(q, k, v, bias, cotangent, options)
+  want_out, want_lse, want_grads = cases.reference64_full(q, k, v, cotangent, bias=bias,
+                                                         **options)
   out = np.asarray(out.astype(jnp.float32))
   np.testing.assert_allclose(out, want_out, atol=tol["fwd"], rtol=0)
   lse = np.asarray(lse)
@@ -231,7 +213,8 @@ def test_skipped_blocks_are_never_read(attention_cases, options, unseen):
     return jnp.sum(out * cotangent), out
 
   grads, out = jax.grad(loss, (0, 1, 2, 3), has_aux=True)(q, *poisoned.values())
-  want_out, _, want_grads = _reference64(q, k, v, bias, cotangent, options)
+  want_out, _, want_grads = attention_cases.reference64_full(q, k, v, cotangent, bias=bias,
+                                                            **options)
   tol = attention_cases.TOLERANCE[jnp.float32]
   np.testing.assert_allclose(np.asarray(out), want_out, atol=tol["fwd"], rtol=0)
   for name, grad, want in zip(("dq", "dk", "dv", "dbias"), grads, want_grads):
